@@ -1,0 +1,21 @@
+"""sisa: exact machine unlearning by Sharded, Isolated, Sliced, Aggregated training.
+
+    import sisa
+    sisa.train("runs/a")                 # mnist5k, 5 shards x 4 slices
+    sisa.forget("runs/a", [17, 42])      # exact: as if never trained on them
+    sisa.evaluate("runs/a")["accuracy"]
+"""
+
+from sisa.config import Config
+from sisa.errors import SisaError
+
+_API = ("train", "forget", "predict", "evaluate", "status", "ledger", "demo")
+__all__ = ["Config", "SisaError", *_API]
+
+
+def __getattr__(name):  # lazy: `import sisa` stays cheap; JAX loads on first use
+    if name in _API:
+        from sisa import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'sisa' has no attribute {name!r}")

@@ -1,0 +1,117 @@
+"""The Python API: the same operations, under the same names, as the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sisa.config import Config
+from sisa.errors import SisaError
+from sisa.workdir import MANIFEST, Workdir
+
+
+def _open(workdir) -> Workdir:
+    from sisa import runtime
+
+    runtime.setup()
+    return Workdir.open(workdir)
+
+
+def train(workdir, config: Config | None = None, *, dataset=None, progress: bool = True) -> dict:
+    """Train (or finish training) the run in `workdir`.
+
+    A new workdir is created for `config` (default: `Config()`) on `dataset` (a `Dataset`;
+    default: the one the config names). An existing one is resumed if `config` matches it.
+    """
+    from sisa import runtime
+    from sisa.data import datasets
+    from sisa.training.loop import complete
+    from sisa.unlearn.exact import recover
+
+    runtime.setup()
+    root = Path(workdir)
+    if (root / MANIFEST).exists():
+        wd = Workdir.open(root)
+        if config is not None:
+            wd.check_config(config)
+        if dataset is not None and dataset.fingerprint() != wd.manifest["dataset"]["fingerprint"]:
+            raise SisaError(f"workdir {root} was trained on a different data set")
+    else:
+        config = config or Config()
+        if dataset is None:
+            dataset = datasets.load(config.data.dataset, num_classes=config.data.num_classes)
+        elif config.data.num_classes is not None and config.data.num_classes != dataset.num_classes:
+            raise SisaError(f"config says {config.data.num_classes} classes, the data set has {dataset.num_classes}")
+        wd = Workdir.create(root, config, dataset)
+    with wd.lock():
+        recovered = recover(wd, progress=progress)
+        report = complete(wd, progress=progress)
+    return {"workdir": str(root), "recovered_entries": recovered, **report}
+
+
+def forget(workdir, ids, *, request: str | None = None, reason: str | None = None, progress: bool = True) -> dict:
+    """Forget examples by id: afterwards the served ensemble equals training without them."""
+    from sisa.unlearn import exact
+
+    wd = _open(workdir)
+    with wd.lock():
+        return exact.forget(wd, ids, request=request, reason=reason, progress=progress)
+
+
+def predict(workdir, x: np.ndarray, aggregation: str | None = None) -> dict:
+    """Per-class probabilities and labels for inputs `x` ([N, ...] as in training)."""
+    from sisa import serve
+
+    return serve.predict(_open(workdir), x, aggregation)
+
+
+def evaluate(workdir, aggregation: str | None = None) -> dict:
+    """Test accuracy per shard and aggregated."""
+    from sisa import serve
+
+    return serve.evaluate(_open(workdir), aggregation)
+
+
+def status(workdir) -> dict:
+    """Shards, slices, examples per shard and slice, deletions, disk use. Reads no model."""
+    from sisa.fsutil import disk_usage
+    from sisa.ledger import Ledger
+
+    wd = Workdir.open(workdir)
+    cfg, store = wd.config, wd.store()
+    counts = store.counts(cfg.partition.shards, cfg.partition.slices)
+    entries = Ledger(wd.ledger_path).entries()
+    return {
+        "workdir": str(wd.root),
+        "dataset": wd.manifest["dataset"]["name"],
+        "shards": cfg.partition.shards,
+        "slices": cfg.partition.slices,
+        "examples": len(store),
+        "examples_per_shard": counts.sum(axis=1).tolist(),
+        "examples_per_shard_slice": counts.tolist(),
+        "deleted": sum(len(e["ids"]) for e in entries),
+        "requests": len(entries),
+        "pending_requests": [e["seq"] for e in entries if e["state"] != "committed"],
+        "disk_bytes": {
+            "total": disk_usage(wd.root),
+            "checkpoints": disk_usage(wd.checkpoint_root) if wd.checkpoint_root.exists() else 0,
+            "data": disk_usage(wd.root / "data"),
+        },
+        "config_digest": wd.manifest["config_digest"],
+    }
+
+
+def demo(workdir=None, *, progress: bool = True) -> dict:
+    from sisa.demo import run
+
+    return run(workdir, progress=progress)
+
+
+def ledger(workdir) -> dict:
+    """The deletion ledger's entries (chain checked) and its head hash."""
+    from sisa.ledger import Ledger
+
+    wd = Workdir.open(workdir)
+    lg = Ledger(wd.ledger_path)
+    return {"head": lg.head(), "entries": lg.entries()}

@@ -1,0 +1,161 @@
+"""`sisa` command line: parse arguments, call `sisa.api`, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from sisa.errors import SisaError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sisa", description="Exact machine unlearning by SISA training.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name, help, workdir=True):
+        c = sub.add_parser(name, help=help, description=help)
+        if workdir:
+            c.add_argument("--workdir", required=True, help="the run's directory")
+        c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        return c
+
+    t = cmd("train", "train (or resume) a sharded, sliced ensemble")
+    t.add_argument("--config", help="TOML config (see experiments/)")
+    t.add_argument("--dataset", help="registry name (mnist5k, digits, mnist, cifar10, svhn) or a path")
+    t.add_argument("--shards", type=int)
+    t.add_argument("--slices", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--seed", type=int, help="seed of the partition and of training")
+    t.add_argument("--model", choices=["mlp", "cnn"])
+    t.add_argument("--strategy", choices=["uniform", "stratified", "grouped"])
+    t.add_argument("--aggregation", choices=["vote", "softmax"], help="default aggregation of the run")
+
+    f = cmd("forget", "forget examples by id, exactly")
+    f.add_argument("ids", nargs="*", help="example ids")
+    f.add_argument("--ids-file", help="file of ids, whitespace- or comma-separated")
+    f.add_argument("--request", help="reference of the erasure request (kept in the ledger)")
+    f.add_argument("--reason", help="reason (kept in the ledger)")
+
+    pr = cmd("predict", "per-class probabilities and labels for inputs")
+    pr.add_argument("--input", required=True, help=".npy file of inputs [N, ...]")
+    pr.add_argument("--aggregation", choices=["vote", "softmax"])
+
+    e = cmd("evaluate", "test accuracy per shard and aggregated")
+    e.add_argument("--aggregation", choices=["vote", "softmax"])
+
+    cmd("status", "shards, slices, examples, deletions, disk use")
+    cmd("ledger", "list the deletion ledger")
+
+    d = cmd("demo", "train on mnist5k, forget 10 ids, prove the result exact", workdir=False)
+    d.add_argument("--workdir", help="keep the demo's runs here (default: a temporary directory)")
+    return p
+
+
+def _config(args):
+    from pathlib import Path
+
+    from sisa import config as config_lib
+    from sisa.workdir import MANIFEST, Workdir
+
+    if args.config:
+        cfg = config_lib.load(args.config)
+    elif (Path(args.workdir) / MANIFEST).exists():
+        cfg = Workdir.open(args.workdir).config
+    else:
+        cfg = config_lib.Config()
+    flags = {
+        "data": {"dataset": args.dataset},
+        "partition": {"shards": args.shards, "slices": args.slices, "seed": args.seed, "strategy": args.strategy},
+        "model": {"name": args.model},
+        "train": {"epochs": args.epochs, "seed": args.seed},
+    }
+    changes = {k: {f: v for f, v in d.items() if v is not None} for k, d in flags.items()}
+    cfg = cfg.replace(**{k: v for k, v in changes.items() if v})
+    return cfg.replace(aggregation=args.aggregation) if args.aggregation else cfg
+
+
+def parse_ids(tokens: list[str], source: str) -> list[int]:
+    out = []
+    for tok in tokens:
+        try:
+            out.append(int(tok))
+        except ValueError:
+            raise SisaError(f"not an integer id in {source}: {tok!r}") from None
+    return out
+
+
+def _ids(args) -> list[int]:
+    ids = parse_ids(args.ids, "arguments")
+    if args.ids_file:
+        try:
+            text = open(args.ids_file).read()
+        except OSError as e:
+            raise SisaError(f"cannot read ids file {args.ids_file}: {e.strerror}") from None
+        ids += parse_ids(text.replace(",", " ").split(), args.ids_file)
+    return ids
+
+
+def _load_input(path: str) -> np.ndarray:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SisaError(f"cannot read input {path}: {e}") from None
+    if not isinstance(x, np.ndarray) or x.ndim < 2:
+        raise SisaError(f"input {path} must be one array of shape [N, ...]")
+    return x
+
+
+def run(args) -> dict:
+    from sisa import api
+
+    progress = sys.stderr.isatty()
+    match args.command:
+        case "train":
+            return api.train(args.workdir, _config(args), progress=progress)
+        case "forget":
+            return api.forget(args.workdir, _ids(args), request=args.request, reason=args.reason, progress=progress)
+        case "predict":
+            return api.predict(args.workdir, _load_input(args.input), args.aggregation)
+        case "evaluate":
+            return api.evaluate(args.workdir, args.aggregation)
+        case "status":
+            return api.status(args.workdir)
+        case "ledger":
+            return api.ledger(args.workdir)
+        case "demo":
+            return api.demo(args.workdir, progress=progress)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = run(args)
+    except SisaError as e:
+        print(f"sisa {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"sisa {args.command}: interrupted; the next command recovers", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, default=_jsonable))
+    else:
+        from sisa.report import render
+
+        print(render(args.command, result))
+    return 0
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

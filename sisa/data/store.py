@@ -1,0 +1,87 @@
+"""The run's data store: the only copy of the training data a run keeps.
+
+One uncompressed `.npz` per split. Forgetting rewrites the train file atomically without the
+removed rows, so their bytes leave the store (no tombstones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from sisa.data import partition
+from sisa.data.datasets import Dataset
+from sisa.errors import SisaError
+from sisa.fsutil import atomic_save_npz
+
+
+@dataclasses.dataclass(frozen=True)
+class Store:
+    ids: np.ndarray  # [N] int64, sorted
+    x: np.ndarray
+    y: np.ndarray  # [N] int32
+    shard: np.ndarray  # [N] int32
+    slice: np.ndarray  # [N] int32
+
+    @classmethod
+    def create(cls, ds: Dataset, *, shards: int, slices: int, strategy: str, seed: int) -> Store:
+        if shards > len(ds.ids):
+            raise SisaError(f"{shards} shards but only {len(ds.ids)} training examples: use at most {len(ds.ids)} shards")
+        shard, slc = partition.assign(
+            ds.ids, ds.y, ds.groups, shards=shards, slices=slices, strategy=strategy, seed=seed
+        )
+        order = np.argsort(ds.ids, kind="stable")
+        return cls(
+            ids=ds.ids[order].astype(np.int64),
+            x=ds.x[order],
+            y=ds.y[order].astype(np.int32),
+            shard=shard[order],
+            slice=slc[order],
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, ids) -> np.ndarray:
+        """Row positions of `ids` (all must be present)."""
+        pos = np.searchsorted(self.ids, ids)
+        return pos
+
+    def contains(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        pos = np.clip(np.searchsorted(self.ids, ids), 0, max(len(self.ids) - 1, 0))
+        return (len(self.ids) > 0) & (self.ids[pos] == ids)
+
+    def without(self, ids) -> Store:
+        keep = ~np.isin(self.ids, np.asarray(ids, np.int64))
+        return Store(**{f.name: getattr(self, f.name)[keep] for f in dataclasses.fields(self)})
+
+    def counts(self, shards: int, slices: int) -> np.ndarray:
+        """[shards, slices] number of examples."""
+        out = np.zeros((shards, slices), np.int64)
+        np.add.at(out, (self.shard, self.slice), 1)
+        return out
+
+    def shard_layout(self, shards, capacity: int):
+        """Row indices per shard, sorted by id, padded with -1 to `capacity`: [len(shards), capacity]."""
+        out = np.full((len(shards), capacity), -1, np.int64)
+        for lane, s in enumerate(shards):
+            rows = np.flatnonzero(self.shard == s)
+            out[lane, : len(rows)] = rows
+        return out
+
+    def save(self, path: str | Path) -> None:
+        atomic_save_npz(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Store:
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return cls(**{fd.name: f[fd.name] for fd in dataclasses.fields(cls)})
+        except FileNotFoundError:
+            raise SisaError(f"data store missing: {path}") from None
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+            raise SisaError(f"data store {path} is unreadable or malformed: {e}") from None

@@ -1,0 +1,62 @@
+"""Human-readable rendering of command results (the `--json` objects are the source)."""
+
+from __future__ import annotations
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    cells = [header] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def render(command: str, r: dict) -> str:
+    if command == "train":
+        if not r["shards_trained"]:
+            return f"{r['workdir']}: already trained; nothing to do"
+        return (f"trained shards {r['shards_trained']} in {r['seconds']:.1f} s "
+                f"({r['examples_epochs']} example-epochs) -> {r['workdir']}")
+    if command == "forget":
+        return "\n".join([
+            f"forgot {r['forgotten']} id(s): ledger entry #{r['entry']} committed, head {r['hash'][:16]}",
+            f"retrained shards {r['affected_shards']} (stages {r['stages_retrained']})",
+            f"cost: {r['examples_epochs_retrained']} example-epochs vs {r['examples_epochs_full_retrain']} "
+            f"for a full retrain ({r['examples_epochs_retrained'] / max(r['examples_epochs_full_retrain'], 1):.1%}), "
+            f"{r['seconds']:.2f} s",
+        ])
+    if command == "predict":
+        return "\n".join(f"{i}\t{label}\t{max(p):.3f}" for i, (label, p) in enumerate(zip(r["labels"], r["probabilities"])))
+    if command == "evaluate":
+        rows = [[f"shard {s}", acc] for s, acc in r["per_shard"].items()]
+        rows += [["aggregate (vote)", r["accuracy_vote"]], ["aggregate (softmax)", r["accuracy_softmax"]]]
+        out = _table(["model", "test accuracy"], rows)
+        left = [s for v in r["left_out"].values() for s in v]
+        return out + (f"\nleft out of the aggregate: {r['left_out']}" if left else "")
+    if command == "status":
+        rows = [[s, n, " ".join(map(str, per))] for s, (n, per) in
+                enumerate(zip(r["examples_per_shard"], r["examples_per_shard_slice"]))]
+        disk = r["disk_bytes"]
+        return "\n".join([
+            f"{r['workdir']}: {r['dataset']}, {r['shards']} shards x {r['slices']} slices, {r['examples']} examples",
+            _table(["shard", "examples", "per slice"], rows),
+            f"deleted: {r['deleted']} id(s) in {r['requests']} request(s); pending: {r['pending_requests'] or 'none'}",
+            f"disk: {_human_bytes(disk['total'])} (checkpoints {_human_bytes(disk['checkpoints'])}, data {_human_bytes(disk['data'])})",
+        ])
+    if command == "ledger":
+        rows = [[e["seq"], e["state"], len(e["ids"]), e["request"] or "", e["times"]["requested"], e["hash"][:16]]
+                for e in r["entries"]]
+        return _table(["seq", "state", "ids", "request", "requested", "hash"], rows) + f"\nhead: {r['head']}"
+    if command == "demo":
+        return r["text"]
+    raise AssertionError(command)

@@ -1,0 +1,92 @@
+"""The stage schedule: bring every shard's checkpoints up to the last stage.
+
+`complete` is the one training loop. A fresh run has no checkpoints, so it trains every
+shard from stage 0; after a deletion has removed the checkpoints that saw deleted data, it
+retrains exactly the affected shards from their earliest affected stage; after a crash it
+resumes from the last checkpoint saved. All lanes train together in one vmapped program.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from sisa.training.ensemble import ensemble_for, lane_bucket, stack, unstack
+
+
+def lane_data(store, lanes, capacity: int) -> dict:
+    """Each lane's shard rows (sorted by id, padded): x, y, ids, slice, valid -> [lanes, capacity, ...]."""
+    rows = store.shard_layout(lanes, capacity)
+    valid = rows >= 0
+    safe = np.where(valid, rows, 0)
+    x = store.x[safe]
+    x[~valid] = 0
+    return {
+        "x": x,
+        "y": np.where(valid, store.y[safe], 0).astype(np.int32),
+        "ids": np.where(valid, store.ids[safe], 0).astype(np.int32),
+        "slice": np.where(valid, store.slice[safe], 0).astype(np.int32),
+        "valid": valid,
+    }
+
+
+def complete(wd, *, progress: bool = True) -> dict:
+    """Train every shard whose latest checkpoint is before the last stage. Returns a report."""
+    t0 = time.perf_counter()
+    cfg = wd.config
+    shards, slices = cfg.partition.shards, cfg.partition.slices
+    ckpts = wd.checkpoints
+    latest = [c.latest() for c in ckpts]
+    todo = [s for s in range(shards) if latest[s] < slices - 1]
+    report = {
+        "shards_trained": todo,
+        "stages_trained": {s: list(range(latest[s] + 1, slices)) for s in todo},
+        "examples_epochs": 0,
+        "seconds": 0.0,
+    }
+    if not todo:
+        return report
+    store = wd.store()
+    ens = ensemble_for(wd.trainer)
+    width = lane_bucket(len(todo), shards)
+    lanes = todo + [todo[0]] * (width - len(todo))  # spare lanes repeat a shard, never active
+    real = np.arange(width) < len(todo)
+    start = np.array([latest[s] + 1 for s in lanes])
+
+    states = unstack(ens.init(jnp.asarray(lanes, jnp.int32)), width)
+    for lane, s in enumerate(todo):
+        if latest[s] >= 0:
+            states[lane], _ = ckpts[s].restore(latest[s])
+    states = stack(states)
+    data = lane_data(store, lanes, wd.manifest["capacity"])
+    shard_ids = jnp.asarray(lanes, jnp.int32)
+    counts = store.counts(shards, slices).cumsum(axis=1)  # examples in slices 0..r per shard
+
+    for stage in range(int(start[real].min()), slices):
+        active = real & (start <= stage)
+        epochs = cfg.epochs_for_stage(stage)
+        n = int(sum(counts[lanes[i], stage] for i in np.flatnonzero(active)))
+        report["examples_epochs"] += n * epochs
+        bar = tqdm(
+            total=n * epochs, desc=f"stage {stage + 1}/{slices}", unit="ex", unit_scale=True,
+            disable=not progress, file=sys.stderr, leave=False,
+        )
+        for epoch in range(epochs):
+            states, loss = ens.epoch(states, data, shard_ids, stage, epoch, jnp.asarray(active))
+            loss = np.asarray(loss)  # waits for the epoch: the bar shows real progress
+            bar.update(n)
+            bar.set_postfix(loss=f"{loss[active].mean():.3f}")
+        bar.close()
+        host = unstack(states, width)
+        for lane in np.flatnonzero(active):
+            s = lanes[lane]
+            ckpts[s].save(stage, host[lane], wd.lineage(s, stage, store))
+    for s in todo:
+        ckpts[s].wait()
+    report["seconds"] = time.perf_counter() - t0
+    return report

@@ -1,0 +1,1 @@
+"""Unlearning: exact SISA deletion (`exact`); approximate baselines live in `baselines/`."""

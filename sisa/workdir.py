@@ -1,0 +1,203 @@
+"""A run's directory: manifest, config, data store, checkpoints, ledger.
+
+    W/sisa.json          manifest: config digest, data set facts, versions (written last)
+    W/config.toml        the run's config
+    W/data/train.npz     the data store (deletions rewrite it)
+    W/data/test.npz      the test split
+    W/checkpoints/shard_NNNN/<stage>/   orbax, one manager per shard
+    W/ledger.jsonl       the deletion ledger
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import math
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sisa import config as config_lib
+from sisa.config import Config
+from sisa.data.store import Store
+from sisa.errors import SisaError
+from sisa.fsutil import atomic_save_npz, atomic_write_bytes, atomic_write_json
+
+FORMAT = 1
+MANIFEST = "sisa.json"
+_CREATING = ".sisa-creating"
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+class Workdir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # paths
+    manifest_path = property(lambda self: self.root / MANIFEST)
+    config_path = property(lambda self: self.root / "config.toml")
+    store_path = property(lambda self: self.root / "data" / "train.npz")
+    test_path = property(lambda self: self.root / "data" / "test.npz")
+    checkpoint_root = property(lambda self: self.root / "checkpoints")
+    ledger_path = property(lambda self: self.root / "ledger.jsonl")
+
+    @classmethod
+    def open(cls, root: str | Path) -> Workdir:
+        wd = cls(root)
+        if not wd.root.is_dir():
+            raise SisaError(f"workdir {wd.root} does not exist (train one with `sisa train --workdir {wd.root}`)")
+        if not wd.manifest_path.exists():
+            raise SisaError(f"{wd.root} is not a sisa workdir (no {MANIFEST})")
+        wd.manifest  # parse now: a broken manifest is reported before any work
+        return wd
+
+    @classmethod
+    def create(cls, root: str | Path, cfg: Config, ds) -> Workdir:
+        """Write a new workdir for `cfg` on data set `ds` (no training yet)."""
+        wd = cls(root)
+        if wd.root.exists() and any(wd.root.iterdir()):
+            if not (wd.root / _CREATING).exists():
+                raise SisaError(f"{wd.root} exists, is not empty and is not a sisa workdir; refusing to write into it")
+            shutil.rmtree(wd.root)  # an earlier create was interrupted: start over
+        wd.root.mkdir(parents=True, exist_ok=True)
+        (wd.root / _CREATING).touch()
+        p = cfg.partition
+        store = Store.create(ds, shards=p.shards, slices=p.slices, strategy=p.strategy, seed=p.seed)
+        (wd.root / "data").mkdir(exist_ok=True)
+        store.save(wd.store_path)
+        atomic_save_npz(wd.test_path, x=ds.x_test, y=ds.y_test.astype(np.int32))
+        atomic_write_bytes(wd.config_path, config_lib.dumps(cfg).encode())
+        b = cfg.train.batch_size
+        largest = int(np.bincount(store.shard, minlength=p.shards).max())
+        atomic_write_json(
+            wd.manifest_path,
+            {
+                "format": FORMAT,
+                "config_digest": cfg.digest(),
+                "dataset": {
+                    "name": ds.name,
+                    "fingerprint": ds.fingerprint(),
+                    "num_classes": ds.num_classes,
+                    "input_shape": list(ds.x.shape[1:]),
+                    "scale": ds.scale,
+                    "train_examples": len(ds.ids),
+                },
+                # Rows per shard lane, fixed at training so deletions reuse the same programs.
+                "capacity": math.ceil(largest / b) * b,
+                "versions": versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+        (wd.root / _CREATING).unlink()
+        return wd
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Exclusive writer lock. The OS drops it when the holder dies, so it never goes stale."""
+        path = self.root / ".lock"
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise SisaError(f"workdir {self.root} is in use by another sisa process (pid {holder}); try again when it ends") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @functools.cached_property
+    def manifest(self) -> dict:
+        try:
+            m = json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SisaError(f"manifest {self.manifest_path} is unreadable: {e}") from None
+        if m.get("format") != FORMAT:
+            raise SisaError(f"{self.root}: unsupported workdir format {m.get('format')!r} (expected {FORMAT})")
+        return m
+
+    @functools.cached_property
+    def config(self) -> Config:
+        cfg = config_lib.load(self.config_path)
+        if cfg.digest() != self.manifest["config_digest"]:
+            raise SisaError(f"{self.config_path} was edited after training (config digest differs from the manifest)")
+        return cfg
+
+    def check_config(self, cfg: Config) -> None:
+        """Refuse to continue a run under a different config."""
+        if cfg.digest() == self.config.digest():
+            return
+        old, new = _flatten(self.config.to_dict()), _flatten(cfg.to_dict())
+        diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old) if old.get(k) != new.get(k) and k != "aggregation"]
+        raise SisaError(f"workdir {self.root} was trained with a different config ({'; '.join(diffs)})")
+
+    def store(self) -> Store:
+        return Store.load(self.store_path)
+
+    def test_split(self) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(self.test_path) as f:
+            return f["x"], f["y"]
+
+    @functools.cached_property
+    def trainer(self):
+        from sisa.training.step import ShardTrainer
+
+        d = self.manifest["dataset"]
+        return ShardTrainer(self.config, tuple(d["input_shape"]), d["num_classes"], d["scale"])
+
+    @functools.cached_property
+    def checkpoints(self) -> list:
+        """One ShardCheckpoints per shard."""
+        import jax
+
+        from sisa.checkpoint import ShardCheckpoints
+
+        abstract = jax.tree.map(
+            lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(self.trainer.init, 0)
+        )
+        return [ShardCheckpoints(self.checkpoint_root, s, abstract) for s in range(self.config.partition.shards)]
+
+    def lineage(self, shard: int, stage: int, store: Store) -> dict:
+        from sisa.checkpoint import lineage_digest
+
+        ids = store.ids[(store.shard == shard) & (store.slice <= stage)]
+        return {
+            "shard": shard,
+            "stage": stage,
+            "ids": ids.tolist(),
+            "ids_digest": lineage_digest(ids),
+            "config_digest": self.manifest["config_digest"],
+            "dataset_fingerprint": self.manifest["dataset"]["fingerprint"],
+        }
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
