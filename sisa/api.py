@@ -76,7 +76,7 @@ def evaluate(workdir, aggregation: str | None = None) -> dict:
 def status(workdir) -> dict:
     """Shards, slices, examples per shard and slice, deletions, disk use. Reads no model."""
     from sisa.fsutil import disk_usage
-    from sisa.ledger import Ledger
+    from sisa.deletion_ledger import Ledger
 
     wd = Workdir.open(workdir)
     cfg, store = wd.config, wd.store()
@@ -110,7 +110,7 @@ def demo(workdir=None, *, progress: bool = True) -> dict:
 
 def ledger(workdir) -> dict:
     """The deletion ledger's entries (chain checked) and its head hash."""
-    from sisa.ledger import Ledger
+    from sisa.deletion_ledger import Ledger
 
     wd = Workdir.open(workdir)
     lg = Ledger(wd.ledger_path)

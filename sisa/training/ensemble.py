@@ -3,6 +3,10 @@
 A lane holds one shard. Lane counts are bucketed (powers of two, at most S) so that a
 train and any number of deletions compile only a few programs; spare lanes are inactive
 and their results dropped.
+
+Bitwise results do not depend on the lane count, with one exception that `lane_bucket`
+avoids: XLA lowers a vmap of width one to unbatched kernels, whose float results differ
+from the batched ones. So an ensemble of S >= 2 shards never runs fewer than two lanes.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from sisa.training.step import ShardTrainer
 
 
 def lane_bucket(width: int, shards: int) -> int:
-    return min(1 << (width - 1).bit_length(), max(shards, width))
+    """Lanes to run `width` shards of an ensemble of `shards`: a power of two, at least 2, at most S."""
+    return min(1 << (max(width, 2) - 1).bit_length(), max(shards, width))
 
 
 class Ensemble:

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from sisa.errors import SisaError
-from sisa.ledger import Ledger
+from sisa.deletion_ledger import Ledger
 from sisa.training.loop import complete
 
 

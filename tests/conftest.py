@@ -1,0 +1,56 @@
+import os
+
+# Several host devices, set before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from sisa.config import Config  # noqa: E402
+from sisa.data.datasets import Dataset  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compile_cache(tmp_path_factory):
+    os.environ["SISA_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla-cache"))
+
+
+def blobs(n_train=300, n_test=90, features=8, classes=3, seed=0) -> Dataset:
+    """Well-separated gaussian blobs: tiny, learnable, deterministic."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (classes, features))
+    y = rng.integers(0, classes, n_train + n_test)
+    x = (centers[y] + rng.normal(0, 1, (len(y), features))).astype(np.float32)
+    return Dataset("blobs", x[:n_train], y[:n_train].astype(np.int32), np.arange(n_train) * 3 + 5,
+                   x[n_train:], y[n_train:].astype(np.int32), classes)
+
+
+@pytest.fixture(scope="session")
+def tiny_ds() -> Dataset:
+    return blobs()
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg() -> Config:
+    return Config().replace(
+        data={"dataset": "blobs"},
+        partition={"shards": 3, "slices": 3},
+        model={"hidden": (16,)},
+        train={"epochs": 3, "batch_size": 16, "learning_rate": 1e-2},
+    )
+
+
+def tree_equal(a, b) -> bool:
+    import jax
+
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def file_digests(root) -> dict:
+    """path -> sha256 of every file under root (the lock file excluded)."""
+    import hashlib
+    from pathlib import Path
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file() and p.name != ".lock"}

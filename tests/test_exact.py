@@ -1,0 +1,150 @@
+"""The promise: forget(train(D), K) is bit for bit train(D \\ K), and nothing of K is left."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sisa
+from sisa.errors import SisaError
+from sisa.verify import compare
+from sisa.workdir import Workdir
+from tests.conftest import file_digests
+
+
+def _train(root, cfg, ds):
+    sisa.train(root, cfg, dataset=ds, progress=False)
+    return Workdir.open(root)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_ds, tiny_cfg):
+    root = tmp_path_factory.mktemp("base") / "run"
+    _train(root, tiny_cfg, tiny_ds)
+    return root
+
+
+@pytest.fixture
+def run(base, tmp_path):
+    """A fresh copy of the trained base run."""
+    shutil.copytree(base, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _ids_where(root, shard=None, slice_=None, n=1):
+    store = Workdir.open(root).store()
+    sel = np.ones(len(store), bool)
+    if shard is not None:
+        sel &= store.shard == shard
+    if slice_ is not None:
+        sel &= store.slice == slice_
+    return store.ids[sel][:n].tolist()
+
+
+def _assert_exact(root, cfg, ds, forget_ids, tmp_path):
+    sisa.forget(root, forget_ids, progress=False)
+    scratch = _train(tmp_path / "scratch", cfg, ds.without(forget_ids))
+    result = compare(Workdir.open(root), scratch)
+    assert result["identical"], result
+    x = ds.x_test
+    for agg in ("vote", "softmax"):
+        a, b = sisa.predict(root, x, agg), sisa.predict(scratch.root, x, agg)
+        assert a["labels"] == b["labels"] and a["probabilities"] == b["probabilities"]
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["first_slice", "last_slice", "one_shard_many", "across_shards"],
+)
+def test_forget_equals_retrain_from_scratch(run, tiny_cfg, tiny_ds, tmp_path, where):
+    last = tiny_cfg.partition.slices - 1
+    ids = {
+        "first_slice": lambda: _ids_where(run, shard=0, slice_=0),
+        "last_slice": lambda: _ids_where(run, shard=1, slice_=last),
+        "one_shard_many": lambda: _ids_where(run, shard=2, n=7),
+        "across_shards": lambda: sum((_ids_where(run, shard=s, slice_=s % 3, n=2) for s in range(3)), []),
+    }[where]()
+    _assert_exact(run, tiny_cfg, tiny_ds, ids, tmp_path)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_exact_for_other_seeds_and_repeated_requests(tiny_cfg, tiny_ds, tmp_path, seed):
+    cfg = tiny_cfg.replace(partition={"seed": seed}, train={"seed": seed})
+    root = tmp_path / "run"
+    _train(root, cfg, tiny_ds)
+    first = _ids_where(root, n=3)
+    sisa.forget(root, first, progress=False)
+    second = _ids_where(root, shard=1, slice_=1, n=2)
+    _assert_exact(root, cfg, tiny_ds.without(first), second, tmp_path)  # scratch: without both requests
+
+
+def test_only_affected_shards_retrain_and_their_files_alone_change(run):
+    before = file_digests(run / "checkpoints")
+    report = sisa.forget(run, _ids_where(run, shard=1, slice_=1), progress=False)
+    assert report["affected_shards"] == [1]
+    assert report["stages_retrained"] == {1: [1, 2]}
+    after = file_digests(run / "checkpoints")
+    for shard in (0, 2):
+        mine = lambda d: {k: v for k, v in d.items() if k.startswith(f"shard_{shard:04d}/")}  # noqa: E731
+        assert mine(before) == mine(after) and mine(before)
+    stage0 = {k: v for k, v in before.items() if k.startswith("shard_0001/0/")}
+    assert stage0 and all(after.get(k) == v for k, v in stage0.items())  # before the affected slice
+    assert report["examples_epochs_retrained"] < report["examples_epochs_full_retrain"] / 3
+
+
+def test_no_checkpoint_that_saw_a_forgotten_id_remains(run):
+    ids = _ids_where(run, n=12)
+    sisa.forget(run, ids, progress=False)
+    lineages = list((run / "checkpoints").rglob("lineage/metadata"))
+    assert lineages
+    seen = set()
+    for f in lineages:
+        if f.is_file():
+            seen.update(json.loads(f.read_text())["ids"])
+    assert seen and seen.isdisjoint(ids)
+    assert not list((run / "checkpoints").rglob("*orbax-checkpoint-tmp*"))
+    store = Workdir.open(run).store()
+    assert not store.contains(ids).any()
+
+
+def test_forgotten_feature_bytes_leave_the_data_store(run, tiny_ds):
+    [i] = _ids_where(run, shard=0, n=1)
+    row = tiny_ds.x[np.flatnonzero(tiny_ds.ids == i)[0]].tobytes()
+    assert row in (run / "data" / "train.npz").read_bytes()
+    sisa.forget(run, [i], progress=False)
+    assert row not in (run / "data" / "train.npz").read_bytes()
+
+
+def test_deleting_a_whole_shard_leaves_it_out(run, tiny_ds):
+    ids = _ids_where(run, shard=2, n=10_000)
+    sisa.forget(run, ids, progress=False)
+    ev = sisa.evaluate(run)
+    assert ev["left_out"]["empty"] == [2] and sorted(ev["per_shard"]) == [0, 1]
+
+
+def test_forgetting_everything_is_refused(run):
+    everything = Workdir.open(run).store().ids.tolist()
+    before = file_digests(run)
+    with pytest.raises(SisaError, match="no model"):
+        sisa.forget(run, everything, progress=False)
+    assert file_digests(run) == before
+
+
+def test_ledger_records_committed_entries_and_detects_edits(run):
+    ids = _ids_where(run, n=2)
+    report = sisa.forget(run, ids, request="GDPR-17/42", progress=False)
+    led = sisa.ledger(run)
+    assert led["head"] == report["hash"]
+    [entry] = led["entries"]
+    assert entry["state"] == "committed" and entry["ids"] == sorted(ids) and entry["request"] == "GDPR-17/42"
+    path = Path(run) / "ledger.jsonl"
+    path.write_text(path.read_text().replace('"GDPR-17/42"', '"nothing"'))
+    with pytest.raises(SisaError, match="hash chain"):
+        sisa.forget(run, _ids_where(run, shard=0, n=1), progress=False)
+
+
+def test_vote_and_softmax_aggregates_are_accurate(base):
+    ev = sisa.evaluate(base)
+    assert ev["accuracy_vote"] >= 0.9 and ev["accuracy_softmax"] >= 0.9
