@@ -72,14 +72,15 @@ class Workdir:
     def create(cls, root: str | Path, cfg: Config, ds) -> Workdir:
         """Write a new workdir for `cfg` on data set `ds` (no training yet)."""
         wd = cls(root)
+        p = cfg.partition
+        # Everything that can refuse runs before the first byte is written.
+        store = Store.create(ds, shards=p.shards, slices=p.slices, strategy=p.strategy, seed=p.seed)
         if wd.root.exists() and any(wd.root.iterdir()):
             if not (wd.root / _CREATING).exists():
                 raise SisaError(f"{wd.root} exists, is not empty and is not a sisa workdir; refusing to write into it")
-            shutil.rmtree(wd.root)  # an earlier create was interrupted: start over
+            _remove_own_files(wd.root)  # an earlier create was interrupted: start over
         wd.root.mkdir(parents=True, exist_ok=True)
         (wd.root / _CREATING).touch()
-        p = cfg.partition
-        store = Store.create(ds, shards=p.shards, slices=p.slices, strategy=p.strategy, seed=p.seed)
         (wd.root / "data").mkdir(exist_ok=True)
         store.save(wd.store_path)
         atomic_save_npz(wd.test_path, x=ds.x_test, y=ds.y_test.astype(np.int32))
@@ -191,6 +192,21 @@ class Workdir:
             "config_digest": self.manifest["config_digest"],
             "dataset_fingerprint": self.manifest["dataset"]["fingerprint"],
         }
+
+
+_OWN = (MANIFEST, "config.toml", "data", "checkpoints", "ledger.jsonl", ".lock", _CREATING)
+
+
+def _remove_own_files(root: Path) -> None:
+    """Remove what an interrupted create wrote; anything else in the directory stays (and is reported)."""
+    for name in _OWN:
+        path = root / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if any(root.iterdir()):
+        raise SisaError(f"{root} holds an interrupted sisa workdir and other files; move them and train again")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -388,21 +388,12 @@ def test_status_in_non_sisa_dir(foreign, capsys):
 # ---------------------------------------------------------------------------- bad input: train
 
 
-MARKER_BUG = (
-    "library bug: Workdir.create (sisa/workdir.py:79-80) makes the directory and touches "
-    "`.sisa-creating` before Store.create (sisa/workdir.py:82, check at sisa/data/store.py:31) "
-    "refuses S > N, so the refused train leaves a directory holding `.sisa-creating` behind"
-)
-
-
-@pytest.mark.xfail(reason=MARKER_BUG, strict=True)
 def test_train_more_shards_than_examples(tmp_path, data_file, capsys):
     new = tmp_path / "new"
     refused(capsys, new, "train", "--workdir", new, "--dataset", data_file, "--shards", 100000,
             "--slices", SLICES, "--epochs", EPOCHS, phrase="100000 shards but only 300 training examples")
 
 
-@pytest.mark.xfail(reason=MARKER_BUG, strict=True)
 def test_train_more_shards_than_examples_empty_dir(tmp_path, data_file, capsys):
     new = tmp_path / "empty"
     new.mkdir()
@@ -410,8 +401,6 @@ def test_train_more_shards_than_examples_empty_dir(tmp_path, data_file, capsys):
             phrase="100000 shards but only 300 training examples")
 
 
-@pytest.mark.xfail(reason=MARKER_BUG + "; a later train then sees the marker and rmtree()s the directory, "
-                   "deleting files the user put there since (sisa/workdir.py:76-78)", strict=True)
 def test_refused_train_never_leads_to_deleting_user_files(tmp_path, data_file, capsys):
     new = tmp_path / "mine"
     new.mkdir()
