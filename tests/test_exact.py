@@ -148,3 +148,21 @@ def test_ledger_records_committed_entries_and_detects_edits(run):
 def test_vote_and_softmax_aggregates_are_accurate(base):
     ev = sisa.evaluate(base)
     assert ev["accuracy_vote"] >= 0.9 and ev["accuracy_softmax"] >= 0.9
+
+
+def test_cnn_forget_is_exact(tiny_cfg, tmp_path):
+    from tests.conftest import blobs
+
+    ds = blobs(features=16)  # 16 features -> 4x4 images
+    cfg = tiny_cfg.replace(model={"name": "cnn", "hidden": (4,)}, train={"epochs": 1})
+    root = tmp_path / "run"
+    _train(root, cfg, ds)
+    _assert_exact(root, cfg, ds, _ids_where(root, shard=1, slice_=1, n=2), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "digits", "mnist5k_cnn"])
+def test_experiment_configs_load(name):
+    from sisa import config
+
+    cfg = config.load(Path(__file__).parent.parent / "experiments" / f"{name}.toml")
+    assert cfg.data.dataset in ("mnist5k", "digits")
