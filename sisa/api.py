@@ -115,3 +115,17 @@ def ledger(workdir) -> dict:
     wd = Workdir.open(workdir)
     lg = Ledger(wd.ledger_path)
     return {"head": lg.head(), "entries": lg.entries()}
+
+
+def verify(workdir, shards=None, *, progress: bool = True) -> dict:
+    """Ledger chain, lineage of every checkpoint, and a bitwise retrain of `shards` from scratch."""
+    from sisa.verification import certificate
+
+    return certificate(_open(workdir), shards, progress=progress)
+
+
+def audit(workdir) -> dict:
+    """Scan the workdir for feature bytes of forgotten examples and checkpoints that saw them."""
+    from sisa.auditing import audit as run_audit
+
+    return run_audit(_open(workdir))

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
 
     cmd("status", "shards, slices, examples, deletions, disk use")
     cmd("ledger", "list the deletion ledger")
+    v = cmd("verify", "check ledger and lineage, retrain from scratch, compare bit for bit")
+    v.add_argument("--shards", type=int, nargs="+", help="shards to retrain (default all)")
+    cmd("audit", "scan the workdir for anything of forgotten examples")
 
     d = cmd("demo", "train on mnist5k, forget 10 ids, prove the result exact", workdir=False)
     d.add_argument("--workdir", help="keep the demo's runs here (default: a temporary directory)")
@@ -125,6 +128,10 @@ def run(args) -> dict:
             return api.status(args.workdir)
         case "ledger":
             return api.ledger(args.workdir)
+        case "verify":
+            return api.verify(args.workdir, args.shards, progress=progress)
+        case "audit":
+            return api.audit(args.workdir)
         case "demo":
             return api.demo(args.workdir, progress=progress)
     raise AssertionError(args.command)
@@ -146,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         from sisa.report import render
 
         print(render(args.command, result))
-    return 0
+    failed = (args.command == "verify" and result["verdict"] != "verified") or (
+        args.command == "audit" and not result["clean"])
+    return 1 if failed else 0
 
 
 def _jsonable(o):

@@ -15,7 +15,7 @@ from sisa.report import _table
 
 def run(workdir=None, *, progress: bool = True, forget_count: int = 10, seed: int = 0) -> dict:
     from sisa.data import datasets
-    from sisa.verify import compare
+    from sisa.verification import compare
     from sisa.workdir import Workdir
 
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sisa-demo-"))

@@ -57,6 +57,20 @@ def render(command: str, r: dict) -> str:
         rows = [[e["seq"], e["state"], len(e["ids"]), e["request"] or "", e["times"]["requested"], e["hash"][:16]]
                 for e in r["entries"]]
         return _table(["seq", "state", "ids", "request", "requested", "hash"], rows) + f"\nhead: {r['head']}"
+    if command == "verify":
+        rows = [[s, r["served"][:16] if r["served"] else "-", "yes" if r["identical"] else "NO"]
+                for s, r in r["shards"].items()]
+        env = r["environment"]
+        return "\n".join([
+            f"verdict: {r['verdict']}", f"ledger head: {r['ledger_head']} ({r['forgotten']} id(s) forgotten)",
+            _table(["shard", "checkpoint digest", "equals retrain"], rows),
+            f"environment: {env['now']}" + (f"\n{env['note']}" if env["note"] else ""),
+            *[f"problem: {p}" for p in r["problems"]],
+        ])
+    if command == "audit":
+        head = "clean: nothing of forgotten examples found" if r["clean"] else "FOUND traces of forgotten examples"
+        return "\n".join([f"{head} ({r['forgotten']} forgotten, {r['rows_scanned_for']} scanned for by bytes)",
+                          *[f"finding: {f}" for f in r["findings"]], *[f"note: {n}" for n in r["notes"]]])
     if command == "demo":
         return r["text"]
     raise AssertionError(command)

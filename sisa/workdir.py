@@ -103,6 +103,7 @@ class Workdir:
                 # Rows per shard lane, fixed at training so deletions reuse the same programs.
                 "capacity": math.ceil(largest / b) * b,
                 "versions": versions(),
+                "backend": _backend(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
         )
@@ -207,6 +208,12 @@ def _remove_own_files(root: Path) -> None:
             path.unlink()
     if any(root.iterdir()):
         raise SisaError(f"{root} holds an interrupted sisa workdir and other files; move them and train again")
+
+
+def _backend() -> str:
+    import jax
+
+    return jax.default_backend()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -9,7 +9,7 @@ import pytest
 
 import sisa
 from sisa.errors import SisaError
-from sisa.verify import compare
+from sisa.verification import compare
 from sisa.workdir import Workdir
 from tests.conftest import file_digests
 

@@ -10,7 +10,7 @@ from sisa.data.store import Store
 from sisa.training.ensemble import Ensemble, ensemble_for, lane_bucket, unstack
 from sisa.training.loop import lane_data
 from sisa.training.step import ShardTrainer
-from sisa.verify import final_digests
+from sisa.verification import final_digests
 from sisa.workdir import Workdir
 from tests.conftest import tree_equal
 

@@ -35,14 +35,15 @@ def lane_data(store, lanes, capacity: int) -> dict:
     }
 
 
-def complete(wd, *, progress: bool = True) -> dict:
-    """Train every shard whose latest checkpoint is before the last stage. Returns a report."""
+def complete(wd, *, shards=None, progress: bool = True) -> dict:
+    """Train every shard (of `shards`, default all) whose latest checkpoint is before the last stage."""
+    chosen = shards
     t0 = time.perf_counter()
     cfg = wd.config
     shards, slices = cfg.partition.shards, cfg.partition.slices
     ckpts = wd.checkpoints
     latest = [c.latest() for c in ckpts]
-    todo = [s for s in range(shards) if latest[s] < slices - 1]
+    todo = [s for s in range(shards) if latest[s] < slices - 1 and (chosen is None or s in chosen)]
     report = {
         "shards_trained": todo,
         "stages_trained": {s: list(range(latest[s] + 1, slices)) for s in todo},

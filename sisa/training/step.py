@@ -57,7 +57,7 @@ class ShardTrainer:
 
     def init(self, shard) -> State:
         key = jax.random.fold_in(self._root(shard), _INIT)
-        params = nnx.state(self._model(key), nnx.Param).to_pure_dict()
+        params = nnx.to_pure_dict(nnx.state(self._model(key), nnx.Param))
         return {"params": params, "opt_state": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
     def logits(self, params, x, key=None):
