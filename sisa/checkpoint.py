@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sisa.errors import SisaError
+from sisa.faults import crash_point
 
 
 def lineage_digest(ids) -> str:
@@ -60,6 +61,7 @@ class ShardCheckpoints:
         self.manager.save(
             stage, args=ocp.args.Composite(state=ocp.args.StandardSave(state), lineage=ocp.args.JsonSave(lineage))
         )
+        crash_point("after-save-started")  # the async write may still be in flight
 
     def restore(self, stage: int):
         ocp = self._ocp
@@ -89,6 +91,7 @@ class ShardCheckpoints:
         gone = [s for s in reversed(self.stages()) if s >= stage]
         for s in gone:
             self.delete(s)
+            crash_point("after-delete-stage")
         self.remove_temporaries()
         return gone
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from sisa.errors import SisaError
+from sisa.faults import crash_point
 from sisa.fsutil import fsync_dir
 
 STATES = ("requested", "purged", "retrained", "committed")
@@ -99,8 +100,12 @@ class Ledger:
         record = {**record, "time": _now(), "prev": self.head()}
         record["hash"] = _digest(record)
         new = not self.path.exists()
+        line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
         with open(self.path, "ab") as f:
-            f.write(json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+            f.write(line[: len(line) // 2])
+            f.flush()
+            crash_point("mid-ledger-append")  # a torn line, as a crash mid-write leaves
+            f.write(line[len(line) // 2 :])
             f.flush()
             os.fsync(f.fileno())
         if new:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sisa.faults import crash_point
+
 
 def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -26,6 +28,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    crash_point("before-rename")
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from sisa.faults import crash_point
 from sisa.training.ensemble import ensemble_for, lane_bucket, stack, unstack
 
 
@@ -42,6 +43,8 @@ def complete(wd, *, shards=None, progress: bool = True) -> dict:
     cfg = wd.config
     shards, slices = cfg.partition.shards, cfg.partition.slices
     ckpts = wd.checkpoints
+    for c in ckpts:
+        c.remove_temporaries()  # an interrupted save's leftovers: never restored, never kept
     latest = [c.latest() for c in ckpts]
     todo = [s for s in range(shards) if latest[s] < slices - 1 and (chosen is None or s in chosen)]
     report = {
@@ -81,6 +84,7 @@ def complete(wd, *, shards=None, progress: bool = True) -> dict:
             states, loss = ens.epoch(states, data, shard_ids, stage, epoch, jnp.asarray(active))
             loss = np.asarray(loss)  # waits for the epoch: the bar shows real progress
             bar.update(n)
+            crash_point("after-epoch")
             bar.set_postfix(loss=f"{loss[active].mean():.3f}")
         bar.close()
         host = unstack(states, width)

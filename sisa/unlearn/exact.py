@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from sisa.errors import SisaError
+from sisa.faults import crash_point
 from sisa.deletion_ledger import Ledger
 from sisa.training.loop import complete
 
@@ -60,6 +61,7 @@ def forget(wd, ids, *, request: str | None = None, reason: str | None = None, pr
     for s, r in zip(store.shard[rows].tolist(), store.slice[rows].tolist()):
         affected[s] = min(r, affected.get(s, r))
     entry = ledger.request(ids, affected, request=request, reason=reason)
+    crash_point("after-request")
     report = carry_out(wd, entry, progress=progress)
     return {**report, "entry": entry["seq"], "hash": ledger.head(), "forgotten": len(ids),
             "seconds": time.perf_counter() - t0}
@@ -72,6 +74,7 @@ def carry_out(wd, entry: dict, *, progress: bool = True) -> dict:
     if store.contains(entry["ids"]).any():
         store = store.without(entry["ids"])
         store.save(wd.store_path)
+        crash_point("after-purge")
     ledger.advance(entry, "purged")
     affected = {int(s): r for s, r in entry["affected"].items()}
     for s, stage in affected.items():
@@ -83,7 +86,9 @@ def carry_out(wd, entry: dict, *, progress: bool = True) -> dict:
         ckpt.delete_from(stage)
     trained = complete(wd, progress=progress)
     ledger.advance(entry, "retrained")
+    crash_point("after-retrained")
     check_lineage(wd, affected, entry["ids"])
+    crash_point("before-commit")
     ledger.advance(entry, "committed")
     return {
         "affected_shards": sorted(affected),
