@@ -26,7 +26,6 @@ def train(workdir, config: Config | None = None, *, dataset=None, progress: bool
     """
     from sisa import runtime
     from sisa.data import datasets
-    from sisa.training.loop import complete
     from sisa.unlearn.exact import recover
 
     runtime.setup()
@@ -45,9 +44,9 @@ def train(workdir, config: Config | None = None, *, dataset=None, progress: bool
             raise SisaError(f"config says {config.data.num_classes} classes, the data set has {dataset.num_classes}")
         wd = Workdir.create(root, config, dataset)
     with wd.lock():
-        recovered = recover(wd, progress=progress)
-        report = complete(wd, progress=progress)
-    return {"workdir": str(root), "recovered_entries": recovered, **report}
+        done = recover(wd, progress=progress)  # finishes requests, repairs, trains what is missing
+    return {"workdir": str(root), "recovered_entries": done["entries"], "repaired_shards": done["repaired_shards"],
+            **done["trained"]}
 
 
 def forget(workdir, ids, *, request: str | None = None, reason: str | None = None, progress: bool = True) -> dict:

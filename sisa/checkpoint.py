@@ -22,6 +22,22 @@ def lineage_digest(ids) -> str:
     return hashlib.sha256(np.sort(np.asarray(ids, np.int64)).tobytes()).hexdigest()
 
 
+def state_digest(state) -> str:
+    """sha256 over every leaf's dtype, shape and bytes, in tree order."""
+    import jax
+
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        a = np.ascontiguousarray(leaf)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class CheckpointCorrupted(SisaError):
+    """A checkpoint is unreadable or its contents do not match the digest saved with it."""
+
+
 class ShardCheckpoints:
     def __init__(self, root: str | Path, shard: int, abstract_state):
         import orbax.checkpoint as ocp
@@ -58,6 +74,7 @@ class ShardCheckpoints:
         ocp = self._ocp
         if stage in self.manager.all_steps():
             self.delete(stage)  # save() on an existing step silently does nothing
+        lineage = {**lineage, "state_digest": state_digest(state)}
         self.manager.save(
             stage, args=ocp.args.Composite(state=ocp.args.StandardSave(state), lineage=ocp.args.JsonSave(lineage))
         )
@@ -74,13 +91,18 @@ class ShardCheckpoints:
                 ),
             )
         except Exception as e:  # orbax raises many kinds; all mean the same to a user
-            raise SisaError(f"checkpoint of shard {self.shard} stage {stage} is missing or corrupted: {e}") from None
+            raise CheckpointCorrupted(f"checkpoint of shard {self.shard} stage {stage} is unreadable: {e}") from None
+        if out.lineage.get("state_digest") != state_digest(out.state):
+            raise CheckpointCorrupted(f"checkpoint of shard {self.shard} stage {stage} does not match its digest")
         return out.state, out.lineage
 
     def lineage(self, stage: int) -> dict:
         ocp = self._ocp
         self.manager.wait_until_finished()
-        return self.manager.restore(stage, args=ocp.args.Composite(lineage=ocp.args.JsonRestore())).lineage
+        try:
+            return self.manager.restore(stage, args=ocp.args.Composite(lineage=ocp.args.JsonRestore())).lineage
+        except Exception as e:
+            raise CheckpointCorrupted(f"lineage of shard {self.shard} stage {stage} is unreadable: {e}") from None
 
     def delete(self, stage: int) -> None:
         self.manager.wait_until_finished()

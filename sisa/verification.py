@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
-
-import jax
-import numpy as np
-
-
-def state_digest(state) -> str:
-    """sha256 over every leaf's dtype, shape and bytes, in tree order."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(state):
-        a = np.ascontiguousarray(leaf)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+from sisa.checkpoint import CheckpointCorrupted, state_digest
 
 
 def final_digests(wd) -> dict[int, str | None]:
-    """Digest of each shard's final train state (params, optimizer state, step); None if pending."""
+    """Digest of each shard's final train state (params, optimizer state, step).
+
+    None for a pending shard (no final checkpoint), "corrupted" for one that fails its digest.
+    """
     last = wd.config.partition.slices - 1
-    return {c.shard: state_digest(c.restore(last)[0]) if c.latest() == last else None for c in wd.checkpoints}
+
+    def digest(ckpt):
+        if ckpt.latest() != last:
+            return None
+        try:
+            return state_digest(ckpt.restore(last)[0])
+        except CheckpointCorrupted:
+            return "corrupted"
+
+    return {c.shard: digest(c) for c in wd.checkpoints}
 
 
 def compare(wd_a, wd_b) -> dict:
@@ -57,7 +56,11 @@ def certificate(wd, shards=None, *, progress: bool = True) -> dict:
         problems.append("the data store still holds forgotten ids")
     for ckpt in wd.checkpoints:
         for stage in ckpt.stages():
-            lineage = ckpt.lineage(stage)
+            try:
+                lineage = ckpt.lineage(stage)
+            except CheckpointCorrupted as e:
+                problems.append(str(e))
+                continue
             expected = wd.lineage(ckpt.shard, stage, store)
             if forgotten.intersection(lineage["ids"]):
                 problems.append(f"shard {ckpt.shard} stage {stage}: lineage holds forgotten ids")
@@ -69,9 +72,10 @@ def certificate(wd, shards=None, *, progress: bool = True) -> dict:
         shutil.copy(wd.manifest_path, scratch.manifest_path)
         shutil.copy(wd.config_path, scratch.config_path)
         shutil.copytree(wd.root / "data", scratch.root / "data")
-        complete(scratch, shards=chosen, progress=progress)
+        complete(scratch, only=chosen, progress=progress)
         rebuilt = final_digests(scratch)
-    per_shard = {s: {"served": served[s], "retrained": rebuilt[s], "identical": served[s] == rebuilt[s]} for s in chosen}
+    per_shard = {s: {"served": served[s], "retrained": rebuilt[s],
+                     "identical": served[s] not in (None, "corrupted") and served[s] == rebuilt[s]} for s in chosen}
     problems += [f"shard {s}: served state differs from retraining from scratch" for s, r in per_shard.items()
                  if not r["identical"]]
     now = {**versions(), "backend": jax.default_backend()}

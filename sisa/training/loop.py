@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from sisa.checkpoint import CheckpointCorrupted
 from sisa.faults import crash_point
 from sisa.training.ensemble import ensemble_for, lane_bucket, stack, unstack
 
@@ -36,9 +37,32 @@ def lane_data(store, lanes, capacity: int) -> dict:
     }
 
 
-def complete(wd, *, shards=None, progress: bool = True) -> dict:
-    """Train every shard (of `shards`, default all) whose latest checkpoint is before the last stage."""
-    chosen = shards
+def restore_latest_good(ckpt):
+    """The newest checkpoint that passes its digest; corrupted ones are deleted on the way."""
+    while (stage := ckpt.latest()) >= 0:
+        try:
+            return ckpt.restore(stage)[0]
+        except CheckpointCorrupted:
+            ckpt.delete_from(stage)
+    return None
+
+
+def repair(wd) -> list[int]:
+    """Delete every final checkpoint that fails its digest (`complete` then rebuilds it)."""
+    last = wd.config.partition.slices - 1
+    broken = []
+    for ckpt in wd.checkpoints:
+        if ckpt.latest() == last:
+            try:
+                ckpt.restore(last)
+            except CheckpointCorrupted:
+                ckpt.delete_from(last)
+                broken.append(ckpt.shard)
+    return broken
+
+
+def complete(wd, *, only=None, progress: bool = True) -> dict:
+    """Train every shard (of `only`, default all) whose latest checkpoint is before the last stage."""
     t0 = time.perf_counter()
     cfg = wd.config
     shards, slices = cfg.partition.shards, cfg.partition.slices
@@ -46,10 +70,10 @@ def complete(wd, *, shards=None, progress: bool = True) -> dict:
     for c in ckpts:
         c.remove_temporaries()  # an interrupted save's leftovers: never restored, never kept
     latest = [c.latest() for c in ckpts]
-    todo = [s for s in range(shards) if latest[s] < slices - 1 and (chosen is None or s in chosen)]
+    todo = [s for s in range(shards) if latest[s] < slices - 1 and (only is None or s in only)]
     report = {
         "shards_trained": todo,
-        "stages_trained": {s: list(range(latest[s] + 1, slices)) for s in todo},
+        "stages_trained": {},
         "examples_epochs": 0,
         "seconds": 0.0,
     }
@@ -60,12 +84,14 @@ def complete(wd, *, shards=None, progress: bool = True) -> dict:
     width = lane_bucket(len(todo), shards)
     lanes = todo + [todo[0]] * (width - len(todo))  # spare lanes repeat a shard, never active
     real = np.arange(width) < len(todo)
-    start = np.array([latest[s] + 1 for s in lanes])
 
     states = unstack(ens.init(jnp.asarray(lanes, jnp.int32)), width)
     for lane, s in enumerate(todo):
-        if latest[s] >= 0:
-            states[lane], _ = ckpts[s].restore(latest[s])
+        good = restore_latest_good(ckpts[s]) if latest[s] >= 0 else None
+        if good is not None:
+            states[lane] = good
+    start = np.array([ckpts[s].latest() + 1 for s in lanes])
+    report["stages_trained"] = {s: list(range(ckpts[s].latest() + 1, slices)) for s in todo}
     states = stack(states)
     data = lane_data(store, lanes, wd.manifest["capacity"])
     shard_ids = jnp.asarray(lanes, jnp.int32)

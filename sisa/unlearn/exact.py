@@ -21,7 +21,8 @@ import numpy as np
 from sisa.errors import SisaError
 from sisa.faults import crash_point
 from sisa.deletion_ledger import Ledger
-from sisa.training.loop import complete
+from sisa.checkpoint import CheckpointCorrupted
+from sisa.training.loop import complete, repair
 
 
 def parse_ids(ids) -> list[int]:
@@ -81,7 +82,7 @@ def carry_out(wd, entry: dict, *, progress: bool = True) -> dict:
         ckpt = wd.checkpoints[s]
         # Stale stages are deleted newest first, so if `stage` is still there and clean, all
         # later ones are this request's retraining, already done: keep them.
-        if stage in ckpt.stages() and set(entry["ids"]).isdisjoint(ckpt.lineage(stage)["ids"]):
+        if stage in ckpt.stages() and _clean(ckpt, stage, entry["ids"]):
             continue
         ckpt.delete_from(stage)
     trained = complete(wd, progress=progress)
@@ -98,12 +99,22 @@ def carry_out(wd, entry: dict, *, progress: bool = True) -> dict:
     }
 
 
-def recover(wd, *, progress: bool = True) -> list[int]:
-    """Carry every unfinished request to committed; returns their sequence numbers."""
+def _clean(ckpt, stage: int, ids) -> bool:
+    try:
+        return set(ids).isdisjoint(ckpt.lineage(stage)["ids"])
+    except CheckpointCorrupted:
+        return False
+
+
+def recover(wd, *, progress: bool = True) -> dict:
+    """What every writing command does first: carry unfinished requests to committed, delete
+    final checkpoints that fail their digest, and finish any shard whose training stopped."""
     pending = Ledger(wd.ledger_path).pending()
     for entry in pending:
         carry_out(wd, entry, progress=progress)
-    return [e["seq"] for e in pending]
+    repaired = repair(wd)
+    trained = complete(wd, progress=progress)
+    return {"entries": [e["seq"] for e in pending], "repaired_shards": repaired, "trained": trained}
 
 
 def check_lineage(wd, shards, ids) -> None:
