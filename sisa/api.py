@@ -18,6 +18,21 @@ def _open(workdir) -> Workdir:
     return Workdir.open(workdir)
 
 
+def _recovered(workdir, progress: bool = False) -> Workdir:
+    """Open and recover, unless another process is writing: then serve what is safe as it is
+    (pending shards are left out of the aggregate and named)."""
+    from sisa.unlearn.exact import recover
+    from sisa.workdir import WorkdirBusy
+
+    wd = _open(workdir)
+    try:
+        with wd.lock():
+            recover(wd, progress=progress)
+    except WorkdirBusy:
+        pass
+    return wd
+
+
 def train(workdir, config: Config | None = None, *, dataset=None, progress: bool = True) -> dict:
     """Train (or finish training) the run in `workdir`.
 
@@ -62,14 +77,14 @@ def predict(workdir, x: np.ndarray, aggregation: str | None = None) -> dict:
     """Per-class probabilities and labels for inputs `x` ([N, ...] as in training)."""
     from sisa import serve
 
-    return serve.predict(_open(workdir), x, aggregation)
+    return serve.predict(_recovered(workdir), x, aggregation)
 
 
 def evaluate(workdir, aggregation: str | None = None) -> dict:
     """Test accuracy per shard and aggregated."""
     from sisa import serve
 
-    return serve.evaluate(_open(workdir), aggregation)
+    return serve.evaluate(_recovered(workdir), aggregation)
 
 
 def status(workdir) -> dict:

@@ -24,13 +24,26 @@ class Constituents:
 
 
 def constituents(wd) -> Constituents:
+    """Every shard that is safe to serve: final checkpoint present, intact, and its lineage free
+    of every id the ledger has been asked to forget (committed or not)."""
+    from sisa.checkpoint import CheckpointCorrupted
+    from sisa.deletion_ledger import Ledger
+
     slices = wd.config.partition.slices
+    forgotten = set(Ledger(wd.ledger_path).forgotten())
     served, params, pending, empty = [], [], [], []
     for ckpt in wd.checkpoints:
         if ckpt.latest() != slices - 1:
             pending.append(ckpt.shard)
             continue
-        state, lineage = ckpt.restore(slices - 1)
+        try:
+            state, lineage = ckpt.restore(slices - 1)
+        except CheckpointCorrupted:
+            pending.append(ckpt.shard)
+            continue
+        if forgotten.intersection(lineage["ids"]):
+            pending.append(ckpt.shard)  # its retraining has not finished yet
+            continue
         if not lineage["ids"]:
             empty.append(ckpt.shard)
             continue

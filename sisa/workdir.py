@@ -30,6 +30,11 @@ from sisa.errors import SisaError
 from sisa.fsutil import atomic_save_npz, atomic_write_bytes, atomic_write_json
 
 FORMAT = 1
+
+
+class WorkdirBusy(SisaError):
+    """Another sisa process holds the workdir's writer lock."""
+
 MANIFEST = "sisa.json"
 _CREATING = ".sisa-creating"
 
@@ -120,7 +125,7 @@ class Workdir:
             except BlockingIOError:
                 f.seek(0)
                 holder = f.read().strip() or "unknown"
-                raise SisaError(f"workdir {self.root} is in use by another sisa process (pid {holder}); try again when it ends") from None
+                raise WorkdirBusy(f"workdir {self.root} is in use by another sisa process (pid {holder}); try again when it ends") from None
             f.seek(0)
             f.truncate()
             f.write(str(os.getpid()))

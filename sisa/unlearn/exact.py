@@ -46,7 +46,7 @@ def forget(wd, ids, *, request: str | None = None, reason: str | None = None, pr
     t0 = time.perf_counter()
     ids = parse_ids(ids)
     ledger = Ledger(wd.ledger_path)
-    recover(wd, progress=progress)
+    recover(wd, check_all=False, progress=progress)
     done = ledger.forgotten()
     again = [i for i in ids if i in done]
     if again:
@@ -63,7 +63,13 @@ def forget(wd, ids, *, request: str | None = None, reason: str | None = None, pr
         affected[s] = min(r, affected.get(s, r))
     entry = ledger.request(ids, affected, request=request, reason=reason)
     crash_point("after-request")
-    report = carry_out(wd, entry, progress=progress)
+    try:
+        report = carry_out(wd, entry, progress=progress)
+    except OSError as e:
+        raise SisaError(
+            f"could not finish request #{entry['seq']}: {e.strerror or e} ({e.filename or 'write failed'}); it is "
+            "recorded in the ledger, its shards are not served, and the next sisa command on this workdir finishes it"
+        ) from None
     return {**report, "entry": entry["seq"], "hash": ledger.head(), "forgotten": len(ids),
             "seconds": time.perf_counter() - t0}
 
@@ -106,13 +112,14 @@ def _clean(ckpt, stage: int, ids) -> bool:
         return False
 
 
-def recover(wd, *, progress: bool = True) -> dict:
-    """What every writing command does first: carry unfinished requests to committed, delete
-    final checkpoints that fail their digest, and finish any shard whose training stopped."""
+def recover(wd, *, check_all: bool = True, progress: bool = True) -> dict:
+    """What every command does first: carry unfinished requests to committed, delete final
+    checkpoints that fail their digest (`check_all`; a forget checks only what it restores),
+    and finish any shard whose training stopped."""
     pending = Ledger(wd.ledger_path).pending()
     for entry in pending:
         carry_out(wd, entry, progress=progress)
-    repaired = repair(wd)
+    repaired = repair(wd) if check_all else []
     trained = complete(wd, progress=progress)
     return {"entries": [e["seq"] for e in pending], "repaired_shards": repaired, "trained": trained}
 

@@ -1,0 +1,1 @@
+"""Evaluating unlearning: metrics, membership-inference attacks, and the comparison benchmark."""

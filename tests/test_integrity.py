@@ -1,0 +1,153 @@
+"""Damage and contention: corrupted checkpoints, ledgers and files, a second writer, a failing disk."""
+
+import fcntl
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import sisa
+from sisa import fsutil
+from sisa.errors import SisaError
+from sisa.verification import final_digests
+from sisa.workdir import Workdir
+from tests.conftest import file_digests
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_ds, tiny_cfg):
+    root = tmp_path_factory.mktemp("integrity") / "run"
+    sisa.train(root, tiny_cfg, dataset=tiny_ds, progress=False)
+    return root
+
+
+@pytest.fixture
+def run(base, tmp_path):
+    shutil.copytree(base, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _largest_file(directory):
+    return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _ids(root, shard, slice_, n=1):
+    store = Workdir.open(root).store()
+    return store.ids[(store.shard == shard) & (store.slice == slice_)][:n].tolist()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_final_checkpoint_is_detected_and_rebuilt_bit_for_bit(run, damage):
+    expected = final_digests(Workdir.open(run))
+    victim = _largest_file(run / "checkpoints" / "shard_0001" / "2" / "state")
+    data = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert final_digests(Workdir.open(run))[1] == "corrupted"
+    ev = sisa.evaluate(run)  # recovers first: repairs shard 1, then serves all three
+    assert sorted(ev["per_shard"]) == [0, 1, 2]
+    assert final_digests(Workdir.open(run)) == expected
+
+
+def test_damaged_intermediate_checkpoint_falls_back_and_forget_stays_exact(run, tiny_cfg, tiny_ds, tmp_path):
+    victim = _largest_file(run / "checkpoints" / "shard_0000" / "1" / "state")
+    victim.write_bytes(victim.read_bytes()[:10])
+    ids = _ids(run, 0, 2)
+    sisa.forget(run, ids, progress=False)  # needs stage 1 of shard 0: corrupt, so from stage 0
+    sisa.train(tmp_path / "scratch", tiny_cfg, dataset=tiny_ds.without(ids), progress=False)
+    assert final_digests(Workdir.open(run)) == final_digests(Workdir.open(tmp_path / "scratch"))
+
+
+def test_second_writer_is_stopped_and_readers_still_served(run):
+    before = file_digests(run)
+    with open(run / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SisaError, match="in use by another sisa process"):
+            sisa.forget(run, _ids(run, 0, 0), progress=False)
+        with pytest.raises(SisaError, match="in use"):
+            sisa.train(run, progress=False)
+        assert len(sisa.predict(run, np.zeros((2, 8), np.float32))["labels"]) == 2
+    assert file_digests(run) == before
+
+
+def test_stale_lock_of_a_dead_process_does_not_block(run):
+    (run / ".lock").write_text("999999")  # a pid that holds no lock: the OS released it
+    report = sisa.forget(run, _ids(run, 1, 0), progress=False)
+    assert report["affected_shards"] == [1]
+
+
+def test_disk_failure_mid_forget_is_recorded_and_finished_by_the_next_command(run, monkeypatch, tiny_cfg, tiny_ds, tmp_path):
+    ids = _ids(run, 2, 1)
+    real = fsutil.atomic_write_bytes
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(fsutil, "atomic_write_bytes", full_disk)
+    with pytest.raises(SisaError, match="No space left on device.*recorded in the ledger"):
+        sisa.forget(run, ids, progress=False)
+    monkeypatch.setattr(fsutil, "atomic_write_bytes", real)
+    assert sisa.ledger(run)["entries"][0]["state"] == "requested"
+    # Not yet purged or retrained: shard 2 saw the ids, so it must not be served meanwhile.
+    from sisa import serve
+
+    members = serve.constituents(Workdir.open(run))
+    assert 2 in members.pending and 2 not in members.shards
+    ev = sisa.evaluate(run)  # recovers, then serves
+    assert sisa.ledger(run)["entries"][0]["state"] == "committed" and sorted(ev["per_shard"]) == [0, 1, 2]
+    sisa.train(tmp_path / "scratch", tiny_cfg, dataset=tiny_ds.without(ids), progress=False)
+    assert final_digests(Workdir.open(run)) == final_digests(Workdir.open(tmp_path / "scratch"))
+
+
+def test_torn_ledger_tail_is_dropped(run):
+    sisa.forget(run, _ids(run, 0, 0), progress=False)
+    with open(run / "ledger.jsonl", "ab") as f:
+        f.write(b'{"kind": "request", "seq": 2, "ids": [')  # a crash mid-append
+    report = sisa.forget(run, _ids(run, 1, 1), progress=False)
+    assert report["entry"] == 2
+    assert [e["state"] for e in sisa.ledger(run)["entries"]] == ["committed", "committed"]
+
+
+@pytest.mark.parametrize("edit", ["ledger", "manifest", "config", "store"])
+def test_damaged_run_files_are_refused_with_a_clear_message(run, edit):
+    if edit == "ledger":
+        sisa.forget(run, _ids(run, 0, 0), progress=False)
+        lines = (run / "ledger.jsonl").read_text().splitlines()
+        rec = json.loads(lines[0])
+        rec["ids"] = [rec["ids"][0] + 1]
+        (run / "ledger.jsonl").write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
+        phrase = "ledger .* corrupted"
+    elif edit == "manifest":
+        (run / "sisa.json").write_text("{not json")
+        phrase = "manifest .* unreadable"
+    elif edit == "config":
+        (run / "config.toml").write_text((run / "config.toml").read_text().replace("shards = 3", "shards = 4"))
+        phrase = "edited after training"
+    else:
+        (run / "data" / "train.npz").write_bytes(b"PK\x03\x04garbage")
+        phrase = "data store .* unreadable"
+    before = file_digests(run)
+    calls = [lambda: sisa.forget(run, [5], progress=False), lambda: sisa.status(run)]
+    if edit != "store":  # serving and a finished run's `train` have nothing to read the store for
+        calls += [lambda: sisa.train(run, progress=False), lambda: sisa.evaluate(run)]
+    for call in calls:
+        with pytest.raises(SisaError, match=phrase):
+            call()
+    assert file_digests(run) == before
+
+
+def test_fsutil_writes_are_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+
+    def boom(*a):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(fsutil.os, "replace", boom)
+    with pytest.raises(OSError):
+        fsutil.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
