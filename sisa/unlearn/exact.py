@@ -116,6 +116,8 @@ def recover(wd, *, check_all: bool = True, progress: bool = True) -> dict:
     """What every command does first: carry unfinished requests to committed, delete final
     checkpoints that fail their digest (`check_all`; a forget checks only what it restores),
     and finish any shard whose training stopped."""
+    for tmp in (wd.root / "data").glob(".*.tmp"):  # an interrupted atomic write's half
+        tmp.unlink()
     pending = Ledger(wd.ledger_path).pending()
     for entry in pending:
         carry_out(wd, entry, progress=progress)
