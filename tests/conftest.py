@@ -2,6 +2,7 @@ import os
 
 # Several host devices, set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("SISA_DEVICES", "1")  # mesh tests choose their own
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -92,6 +92,6 @@ def test_train_and_many_forgets_compile_few_programs(tiny_ds, tiny_cfg, tmp_path
     for shard in range(3):  # single-id requests in every shard and slice: 2-lane programs
         for slc in range(3):
             sisa.forget(root, store.ids[(store.shard == shard) & (store.slice == slc)][:1].tolist(), progress=False)
-    ens = ensemble_for(wd.trainer)
+    ens = ensemble_for(wd.trainer, 1)  # conftest: SISA_DEVICES=1
     assert ens.epoch._cache_size() == 2  # 3 lanes (train) + 2 lanes (every forget)
     assert ens.init._cache_size() == 2

@@ -1,12 +1,17 @@
 """The shard ensemble: the single-shard functions under `jax.vmap` over a lane axis.
 
+With several devices the lane axis is laid along the mesh axis "ens" (`jax.shard_map`):
+each device runs the same vmapped program on its own lanes, so shards train in parallel
+and a shard's bits do not depend on how many devices share the work.
+
 A lane holds one shard. Lane counts are bucketed (powers of two, at most S) so that a
 train and any number of deletions compile only a few programs; spare lanes are inactive
 and their results dropped.
 
 Bitwise results do not depend on the lane count, with one exception that `lane_bucket`
 avoids: XLA lowers a vmap of width one to unbatched kernels, whose float results differ
-from the batched ones. So an ensemble of S >= 2 shards never runs fewer than two lanes.
+from the batched ones. So an ensemble of S >= 2 shards never runs fewer than two lanes
+on a device.
 """
 
 from __future__ import annotations
@@ -20,17 +25,41 @@ import numpy as np
 from sisa.training.step import ShardTrainer
 
 
-def lane_bucket(width: int, shards: int) -> int:
-    """Lanes to run `width` shards of an ensemble of `shards`: a power of two, at least 2, at most S."""
-    return min(1 << (max(width, 2) - 1).bit_length(), max(shards, width))
+def lane_bucket(width: int, shards: int, devices: int = 1) -> int:
+    """Lanes to run `width` of `shards` shards on `devices`: per device a power of two, at
+    least 2, at most its share of S; the same on every device."""
+    per_device = -(-width // devices)
+    share = max(-(-shards // devices), per_device)
+    return devices * min(1 << (max(per_device, 2) - 1).bit_length(), share)
 
 
 class Ensemble:
-    def __init__(self, trainer: ShardTrainer):
+    def __init__(self, trainer: ShardTrainer, devices: int = 1):
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
         self.trainer = trainer
-        self.init = jax.jit(jax.vmap(trainer.init))
-        self.epoch = jax.jit(jax.vmap(trainer.epoch, in_axes=(0, 0, 0, None, None, 0)), donate_argnums=0)
+        self.devices = devices
+        init = jax.vmap(trainer.init)
+        epoch = jax.vmap(trainer.epoch, in_axes=(0, 0, 0, None, None, 0))
+        self.mesh = Mesh(np.array(jax.devices()[:devices]), ("ens",))
+        self.lane_sharding = NamedSharding(self.mesh, P("ens"))
+        if devices > 1:
+            lanes = P("ens")
+            init = jax.shard_map(init, mesh=self.mesh, in_specs=lanes, out_specs=lanes, check_vma=False)
+            epoch = jax.shard_map(
+                epoch, mesh=self.mesh, in_specs=(lanes, lanes, lanes, P(), P(), lanes), out_specs=(lanes, lanes),
+                check_vma=False,  # per-lane loops; nothing crosses devices
+            )
+        self.init = jax.jit(init)
+        self.epoch = jax.jit(epoch, donate_argnums=0)
         self._logits = jax.jit(jax.vmap(trainer.logits, in_axes=(0, None)))
+
+    def width(self, shards_to_train: int, shards: int) -> int:
+        return lane_bucket(shards_to_train, shards, self.devices)
+
+    def place(self, tree):
+        """Put lane-major arrays on the mesh, lane axis split over devices."""
+        return jax.device_put(tree, self.lane_sharding)
 
     def probabilities(self, params, x: np.ndarray, batch: int = 1024) -> np.ndarray:
         """Softmax outputs of every lane: [lanes, N, classes]. Inputs padded to fixed chunks."""
@@ -46,9 +75,9 @@ class Ensemble:
 
 
 @functools.cache
-def ensemble_for(trainer: ShardTrainer) -> Ensemble:
-    """One Ensemble (and so one set of compiled programs) per process per trainer."""
-    return Ensemble(trainer)
+def ensemble_for(trainer: ShardTrainer, devices: int = 1) -> Ensemble:
+    """One Ensemble (and so one set of compiled programs) per process per trainer and mesh."""
+    return Ensemble(trainer, devices)
 
 
 def stack(states: list) -> dict:

@@ -12,13 +12,13 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from sisa.checkpoint import CheckpointCorrupted
 from sisa.faults import crash_point
-from sisa.training.ensemble import ensemble_for, lane_bucket, stack, unstack
+from sisa import runtime
+from sisa.training.ensemble import ensemble_for, stack, unstack
 
 
 def lane_data(store, lanes, capacity: int) -> dict:
@@ -80,21 +80,21 @@ def complete(wd, *, only=None, progress: bool = True) -> dict:
     if not todo:
         return report
     store = wd.store()
-    ens = ensemble_for(wd.trainer)
-    width = lane_bucket(len(todo), shards)
+    ens = ensemble_for(wd.trainer, runtime.device_count(shards))
+    width = ens.width(len(todo), shards)
     lanes = todo + [todo[0]] * (width - len(todo))  # spare lanes repeat a shard, never active
     real = np.arange(width) < len(todo)
 
-    states = unstack(ens.init(jnp.asarray(lanes, jnp.int32)), width)
+    states = unstack(ens.init(ens.place(np.asarray(lanes, np.int32))), width)
     for lane, s in enumerate(todo):
         good = restore_latest_good(ckpts[s]) if latest[s] >= 0 else None
         if good is not None:
             states[lane] = good
     start = np.array([ckpts[s].latest() + 1 for s in lanes])
     report["stages_trained"] = {s: list(range(ckpts[s].latest() + 1, slices)) for s in todo}
-    states = stack(states)
-    data = lane_data(store, lanes, wd.manifest["capacity"])
-    shard_ids = jnp.asarray(lanes, jnp.int32)
+    states = ens.place(stack(states))
+    data = ens.place(lane_data(store, lanes, wd.manifest["capacity"]))
+    shard_ids = ens.place(np.asarray(lanes, np.int32))
     counts = store.counts(shards, slices).cumsum(axis=1)  # examples in slices 0..r per shard
 
     for stage in range(int(start[real].min()), slices):
@@ -107,7 +107,7 @@ def complete(wd, *, only=None, progress: bool = True) -> dict:
             disable=not progress, file=sys.stderr, leave=False,
         )
         for epoch in range(epochs):
-            states, loss = ens.epoch(states, data, shard_ids, stage, epoch, jnp.asarray(active))
+            states, loss = ens.epoch(states, data, shard_ids, stage, epoch, ens.place(active))
             loss = np.asarray(loss)  # waits for the epoch: the bar shows real progress
             bar.update(n)
             crash_point("after-epoch")

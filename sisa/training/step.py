@@ -18,6 +18,7 @@ from flax import nnx
 from sisa.config import Config
 from sisa.hashing import keyed_hash
 from sisa.models import build
+from sisa.training import optim
 
 State = dict[str, Any]  # {"params", "opt_state", "step"}
 
@@ -27,8 +28,7 @@ _PAD_KEY = jnp.uint32(0xFFFFFFFF)
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    t = cfg.train
-    return {"adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd}[t.optimizer](t.learning_rate)
+    return optim.make(cfg.train.optimizer, cfg.train.learning_rate)
 
 
 @dataclasses.dataclass(frozen=True)

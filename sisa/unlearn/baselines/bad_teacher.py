@@ -13,9 +13,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from sisa.unlearn.baselines.common import SUBSET, Budget, baseline, kl, random_init, run_steps, union
+from sisa.unlearn.baselines.common import Budget, baseline, kl, random_init, random_subset, run_steps, union
 
 
 def _update(ctx, params, opt_state, batches, key):
@@ -31,7 +30,7 @@ def _update(ctx, params, opt_state, batches, key):
 def unlearn(trainer, params, forget, retain, budget, key, **hp):
     n = len(retain[0])
     keep = min(n, max(1, math.ceil(hp["retain_fraction"] * n)))
-    rows = np.sort(np.asarray(jax.random.permutation(jax.random.fold_in(key, SUBSET), n))[:keep])
+    rows = random_subset(n, keep, key)
     subset = (retain[0][rows], retain[1][rows])
     streams = {"union": union(forget, subset, budget.batch_size)}
     aux = {"teacher": params, "bad_teacher": random_init(trainer, key)}

@@ -278,8 +278,20 @@ def union(forget: Examples, retain: Examples, batch_size: int, forget_labels=Non
 
 def random_labels(y: np.ndarray, num_classes: int, key) -> np.ndarray:
     """A uniformly random label other than the true one, per example."""
-    shift = np.asarray(jax.random.randint(jax.random.fold_in(key, RELABEL), (len(y),), 1, max(num_classes, 2)))
+    shift = _draw(lambda k, shape: jax.random.randint(k, shape, 1, max(num_classes, 2)), key, RELABEL, len(y))
     return ((y + shift) % num_classes).astype(np.int32)
+
+
+def random_subset(n: int, k: int, key) -> np.ndarray:
+    """`k` of the rows 0..n-1, uniformly at random, sorted."""
+    u = _draw(lambda key, shape: jax.random.uniform(key, shape), key, SUBSET, n)
+    return np.sort(np.argsort(u, kind="stable")[:k])
+
+
+def _draw(sample, key, stream_id: int, n: int) -> np.ndarray:
+    """`n` draws of `sample`, made at a power-of-two size so that new sizes rarely compile."""
+    size = 1 << max(n - 1, 0).bit_length()
+    return np.asarray(sample(jax.random.fold_in(key, stream_id), (size,)))[:n]
 
 
 @functools.cache

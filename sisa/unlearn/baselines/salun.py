@@ -14,6 +14,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -47,7 +48,7 @@ def _saliency(trainer, batch_size: int):
 def saliency_mask(trainer, params, forget, ratio: float = 0.5, batch_size: int = 64):
     """Bool tree like `params`: True for the `ratio` most salient weights for forgetting `forget`."""
     s = stream(*forget, batch_size)
-    return _saliency(model_trainer(trainer), batch_size)(jax.tree.map(jnp.asarray, params), s, jnp.float32(ratio))
+    return _saliency(model_trainer(trainer), batch_size)(jax.tree.map(jnp.asarray, params), s, np.float32(ratio))
 
 
 def _update(ctx, params, opt_state, batches, key):

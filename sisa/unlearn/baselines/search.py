@@ -8,9 +8,12 @@ training data). The score needs no retrained model:
     utility = accuracy on the validation examples of the classes the retain set still has
     mia_auc = AUC of the loss-threshold attack: forget set vs the validation examples of the
               forget set's classes (same distribution, never trained on)
-    score   = utility - weight * |mia_auc - 0.5|
+    leak    = accuracy on the validation examples of classes the retain set no longer has
+    score   = utility - weight * |mia_auc - 0.5| - leak
 
-since after perfect unlearning the forget set is just more unseen data from its classes.
+since after perfect unlearning the forget set is just more unseen data from its classes, and
+a model retrained without any example of a class cannot predict it (`leak` is 0 unless a
+whole class is forgotten).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from sisa.unlearn.baselines.common import BUDGET_FIELDS, Budget
 
 
 def validation_score(trainer, params, forget, validation, *, retain_classes=None, weight: float = 1.0) -> dict:
-    """{"utility", "mia_auc", "score"} of unlearned `params` (see the module doc)."""
+    """{"utility", "mia_auc", "leak", "score"} of unlearned `params` (see the module doc)."""
     from sisa.eval import metrics, mia
 
     (xf, yf), (xv, yv) = forget, validation
@@ -35,7 +38,8 @@ def validation_score(trainer, params, forget, validation, *, retain_classes=None
     auc = mia.loss_attack(metrics.losses(lp_f, yf), metrics.losses(lp_v[reference], yv[reference]))
     kept = np.ones(len(yv), bool) if retain_classes is None else np.isin(yv, retain_classes)
     utility = metrics.accuracy(lp_v[kept], yv[kept])
-    return {"utility": utility, "mia_auc": auc, "score": utility - weight * abs(auc - 0.5)}
+    leak = metrics.accuracy(lp_v[~kept], yv[~kept]) if (~kept).any() else 0.0
+    return {"utility": utility, "mia_auc": auc, "leak": leak, "score": utility - weight * abs(auc - 0.5) - leak}
 
 
 def grid_points(grid: dict) -> list[dict]:
@@ -55,7 +59,7 @@ def search(method, trainer, params, forget, retain, validation, grid: dict, *, b
     """Run `method` (a name in BASELINES or an unlearn function) at every point of `grid`
     (hyper-parameter or Budget field -> values), on top of `budget` and `hparams`.
 
-    Returns {"best": the best grid point, "trials": [{"point", "utility", "mia_auc", "score",
+    Returns {"best": the best grid point, "trials": [{"point", "utility", "mia_auc", "leak", "score",
     "seconds"}...]}; ties go to the earlier point (grid keys sorted, values in given order).
     `validation` must be examples no model trained on, and not the test set.
     """

@@ -1,0 +1,454 @@
+"""The benchmark: approximate unlearning baselines and SISA exact deletion against the gold standard.
+
+    from sisa.eval import compare
+    compare.run("experiments/compare_mnist5k.toml", "experiments/results/compare_mnist5k")
+
+Per seed: hold out a validation split (never trained on, not the test split) from the
+training data D; train the monolithic model (the engine with S=1, R=1) and one SISA ensemble
+per S on D; then, for each forget scenario (random fractions of D, one whole class):
+
+* gold standard: `retrain` (the engine, S=1, R=1, on D \\ K: "retrained with the same code");
+* every configured baseline, starting from the monolithic model, hyper-parameters chosen once
+  per scenario by `baselines.search` on the search seed's validation split;
+* SISA: `sisa.forget(K)` on a copy of each ensemble; its outputs are the aggregated ensemble.
+
+Writes `report.md`, `results.json` and two PNG plots to `out_dir` (see `compare_report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from sisa import config as config_lib
+from sisa.config import Config
+from sisa.errors import SisaError
+from sisa.eval import compare_report
+from sisa.unlearn.baselines.common import BUDGET_FIELDS, Budget
+
+GOLD, ORIGINAL = "retrain (gold)", "original (no unlearning)"
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One baseline as the benchmark runs it: its budget, fixed hyper-parameters, search grid."""
+
+    name: str
+    budget: Budget
+    hparams: dict = dataclasses.field(default_factory=dict)
+    grid: dict = dataclasses.field(default_factory=dict)  # hyper-parameter or budget field -> values
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    name: str = "compare"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    validation_fraction: float = 0.1  # of the training split, held out of every model's training
+    forget_fractions: tuple[float, ...] = (0.01, 0.1)  # random subsets of D
+    forget_class: bool = True  # also forget one whole class (class = seed % num_classes)
+    sisa_shards: tuple[int, ...] = (5, 10)
+    sisa_slices: int = 4
+    shadow_shards: int | None = None  # the SISA run whose constituents are LiRA's shadows (default: largest S)
+    search_seed: int | None = None  # seed whose validation split picks hyper-parameters (default: first)
+    search_weight: float = 1.0  # weight of |MIA AUC - 0.5| against validation accuracy
+    mia_tolerance: float = 0.02  # "reaches the gold standard": mean |ΔAUC| at most this
+    engine: Config = Config()  # data, model, train (and partition strategy) of every trained model
+    methods: tuple[MethodSpec, ...] = ()
+
+    def __post_init__(self):
+        from sisa.unlearn.baselines import BASELINES
+
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise SisaError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        if not 0 < self.validation_fraction < 1:
+            raise SisaError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
+        if any(not 0 < f < 1 for f in self.forget_fractions):
+            raise SisaError(f"forget fractions must lie in (0, 1), got {list(self.forget_fractions)}")
+        if not self.forget_fractions and not self.forget_class:
+            raise SisaError("no forget scenario: give [forget] random fractions or class = true")
+        if not self.sisa_shards or min(self.sisa_shards) < 2 or self.sisa_slices < 1:
+            raise SisaError(f"[sisa] needs shards >= 2 (got {list(self.sisa_shards)}) and slices >= 1")
+        if self.shadow_shards is not None and self.shadow_shards not in self.sisa_shards:
+            raise SisaError(f"shadow_shards = {self.shadow_shards} is not one of [sisa] shards {list(self.sisa_shards)}")
+        if self.search_seed is not None and self.search_seed not in self.seeds:
+            raise SisaError(f"search seed {self.search_seed} is not one of the seeds {list(self.seeds)}")
+        names = [m.name for m in self.methods]
+        for m in self.methods:
+            if m.name == "retrain":
+                raise SisaError("`retrain` is the gold standard and always runs; do not list it under [methods]")
+            if m.name not in BASELINES:
+                raise SisaError(f"unknown method {m.name!r}; known: {', '.join(sorted(set(BASELINES) - {'retrain'}))}")
+            fn = BASELINES[m.name]
+            for what, keys, known in (("hparams", m.hparams, set(fn.defaults)),
+                                      ("grid", m.grid, set(fn.defaults) | set(BUDGET_FIELDS))):
+                if set(keys) - known:
+                    raise SisaError(f"[methods.{m.name}] {what}: unknown key(s) {sorted(set(keys) - known)}; "
+                                    f"known: {sorted(known)}")
+            if any(not isinstance(v, list) or not v for v in m.grid.values()):
+                raise SisaError(f"[methods.{m.name}] grid values must be non-empty lists")
+        if len(set(names)) != len(names):
+            raise SisaError(f"a method is listed twice: {names}")
+
+    @property
+    def shadow(self) -> int:
+        return self.shadow_shards or max(self.sisa_shards)
+
+    @property
+    def first_seed(self) -> int:
+        return self.seeds[0] if self.search_seed is None else self.search_seed
+
+
+_TOP = {"name", "seeds", "validation_fraction", "mia_tolerance", "forget", "sisa", "search",
+        "data", "model", "train", "partition", "methods"}
+_SECTIONS = {"forget": {"random", "class"}, "sisa": {"shards", "slices", "shadow_shards"},
+             "search": {"seed", "weight"}}
+
+
+def from_dict(d: dict) -> CompareConfig:
+    """Build a CompareConfig from the TOML layout (see experiments/compare_mnist5k.toml)."""
+    unknown = set(d) - _TOP
+    if unknown:
+        raise SisaError(f"unknown compare config key(s): {', '.join(sorted(unknown))}")
+    for section, keys in _SECTIONS.items():
+        if not isinstance(d.get(section, {}), dict) or set(d.get(section, {})) - keys:
+            raise SisaError(f"[{section}] takes only {', '.join(sorted(keys))}; got {sorted(d.get(section, {}))}")
+    part = d.get("partition", {})
+    if set(part) & {"shards", "slices"}:
+        raise SisaError("set shards and slices under [sisa] (the monolithic model always has 1 and 1)")
+    engine = config_lib.from_dict({k: d[k] for k in ("data", "model", "train", "partition") if k in d})
+    methods = []
+    for name, spec in d.get("methods", {}).items():
+        if not isinstance(spec, dict) or set(spec) - {"budget", "hparams", "grid"}:
+            raise SisaError(f"[methods.{name}] takes only budget, hparams, grid")
+        budget = spec.get("budget", {})
+        if set(budget) - set(BUDGET_FIELDS):
+            raise SisaError(f"[methods.{name}] budget: unknown key(s) {sorted(set(budget) - set(BUDGET_FIELDS))}")
+        from sisa.unlearn.baselines import BASELINES
+
+        base = BASELINES[name].default_budget if name in BASELINES else Budget()
+        methods.append(MethodSpec(name, dataclasses.replace(base, **budget), dict(spec.get("hparams", {})),
+                                  dict(spec.get("grid", {}))))
+    forget, sisa_, search = d.get("forget", {}), d.get("sisa", {}), d.get("search", {})
+    defaults = CompareConfig.__dataclass_fields__
+    try:
+        return CompareConfig(
+            name=d.get("name", defaults["name"].default),
+            seeds=tuple(d.get("seeds", defaults["seeds"].default)),
+            validation_fraction=d.get("validation_fraction", defaults["validation_fraction"].default),
+            forget_fractions=tuple(forget.get("random", defaults["forget_fractions"].default)),
+            forget_class=forget.get("class", True),
+            sisa_shards=tuple(sisa_.get("shards", defaults["sisa_shards"].default)),
+            sisa_slices=sisa_.get("slices", defaults["sisa_slices"].default),
+            shadow_shards=sisa_.get("shadow_shards"),
+            search_seed=search.get("seed"),
+            search_weight=search.get("weight", 1.0),
+            mia_tolerance=d.get("mia_tolerance", defaults["mia_tolerance"].default),
+            engine=engine,
+            methods=tuple(methods),
+        )
+    except TypeError as e:
+        raise SisaError(f"compare config: {e}") from None
+
+
+def load(path) -> CompareConfig:
+    try:
+        with open(path, "rb") as f:
+            return from_dict(tomllib.load(f))
+    except FileNotFoundError:
+        raise SisaError(f"compare config not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SisaError(f"compare config {path} is not valid TOML: {e}") from None
+
+
+def to_dict(cfg: CompareConfig) -> dict:
+    """The TOML layout of `cfg` (round-trips through `from_dict`)."""
+    engine = {k: v for k, v in cfg.engine.to_dict().items() if k in ("data", "model", "train", "partition")}
+    engine["partition"] = {k: v for k, v in engine["partition"].items() if k not in ("shards", "slices")}
+    d = {
+        "name": cfg.name, "seeds": list(cfg.seeds), "validation_fraction": cfg.validation_fraction,
+        "mia_tolerance": cfg.mia_tolerance,
+        "forget": {"random": list(cfg.forget_fractions), "class": cfg.forget_class},
+        "sisa": {"shards": list(cfg.sisa_shards), "slices": cfg.sisa_slices, "shadow_shards": cfg.shadow},
+        "search": {"seed": cfg.first_seed, "weight": cfg.search_weight},
+        **engine,
+        "methods": {m.name: {"budget": {k: v for k, v in dataclasses.asdict(m.budget).items() if v is not None},
+                             "hparams": m.hparams, "grid": m.grid} for m in cfg.methods},
+    }
+    return _drop_none(d)
+
+
+def dumps(cfg: CompareConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def _drop_none(d):
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str  # "random 1%", "class"
+    ids: np.ndarray  # forget ids
+    detail: str
+
+
+def scenarios(cfg: CompareConfig, train_ds, seed: int) -> list[Scenario]:
+    out = []
+    for frac in cfg.forget_fractions:
+        rng = np.random.default_rng([seed, 1, round(frac * 1e6)])
+        k = max(1, round(frac * len(train_ds.ids)))
+        out.append(Scenario(f"random {frac * 100:g}%", np.sort(rng.choice(train_ds.ids, k, replace=False)),
+                            f"{k} random training examples"))
+    if cfg.forget_class:
+        c = seed % train_ds.num_classes
+        ids = train_ds.ids[train_ds.y == c]
+        out.append(Scenario("class", np.sort(ids), f"all {len(ids)} training examples of class {c}"))
+    return out
+
+
+def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: bool = False) -> dict:
+    """Run the benchmark of `config` (a CompareConfig, or a path to its TOML) and write the
+    report to `out_dir`. `dataset` (a Dataset) replaces the one the config names."""
+    from sisa import runtime
+    from sisa.data import datasets
+
+    cfg = config if isinstance(config, CompareConfig) else load(config)
+    toml_text = Path(config).read_text() if not isinstance(config, CompareConfig) else dumps(cfg)
+    runtime.setup()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ds = dataset if dataset is not None else datasets.load(cfg.engine.data.dataset,
+                                                           num_classes=cfg.engine.data.num_classes)
+    seeds = [cfg.first_seed] + [s for s in cfg.seeds if s != cfg.first_seed]
+    rows, searches, facts = [], {}, {}
+    work = Path(tempfile.mkdtemp(prefix="sisa-compare-", dir=out if keep_workdirs else None))
+    try:
+        bar = _bar(cfg, ds, progress)
+        for seed in seeds:
+            seed_rows, seed_facts = _run_seed(cfg, ds, seed, work / f"seed{seed}", searches, bar)
+            rows += seed_rows
+            facts[seed] = seed_facts
+            if not keep_workdirs:
+                shutil.rmtree(work / f"seed{seed}", ignore_errors=True)
+        bar.close()
+    finally:
+        if not keep_workdirs:
+            shutil.rmtree(work, ignore_errors=True)
+    wall = time.perf_counter() - t0
+    summary = compare_report.summarize(rows)
+    results = {
+        "name": cfg.name,
+        "config": to_dict(cfg),
+        "config_toml": toml_text,
+        "dataset": {"name": ds.name, "fingerprint": ds.fingerprint(), "train": len(ds.ids), "test": len(ds.y_test),
+                    "num_classes": ds.num_classes},
+        "environment": environment(),
+        "wall_seconds": wall,
+        "seeds": facts,
+        "search": searches,
+        "summary": summary,
+        "reaches_gold": compare_report.reaches_gold(summary, cfg.mia_tolerance),
+        "rows": rows,
+    }
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1, allow_nan=True))
+    plots = [str(out / p) for p in compare_report.plot(summary, out)]
+    (out / "report.md").write_text(compare_report.render(results))
+    return {"out_dir": str(out), "report": str(out / "report.md"), "results": str(out / "results.json"),
+            "plots": plots, "wall_seconds": wall, "summary": _jsonable(summary),
+            "reaches_gold": results["reaches_gold"]}
+
+
+def _bar(cfg, ds, progress):
+    from tqdm.auto import tqdm
+
+    per_seed = (len(cfg.forget_fractions) + cfg.forget_class) * (2 + len(cfg.methods) + len(cfg.sisa_shards))
+    return tqdm(total=per_seed * len(cfg.seeds), desc=f"compare {cfg.name}", unit="run", disable=not progress,
+                file=sys.stderr)
+
+
+def _run_seed(cfg: CompareConfig, ds, seed: int, work: Path, searches: dict, bar) -> tuple[list, dict]:
+    import jax
+
+    import sisa
+    from sisa import serve
+    from sisa.eval import metrics
+    from sisa.eval.timing import Stopwatch
+    from sisa.unlearn.baselines import BASELINES, search
+    from sisa.unlearn.baselines.search import split
+    from sisa.workdir import Workdir
+
+    rng = np.random.default_rng([seed, 0])
+    held = np.sort(rng.choice(len(ds.ids), round(cfg.validation_fraction * len(ds.ids)), replace=False))
+    validation = (ds.x[held], ds.y[held])
+    train = ds.without(ds.ids[held])
+    engine = cfg.engine.replace(train={"seed": seed}, partition={"seed": seed})
+    mono = engine.replace(partition={"shards": 1, "slices": 1})
+    sisa.train(work / "original", mono, dataset=train, progress=False)
+    wd = Workdir.open(work / "original")
+    trainer, original = wd.trainer, wd.checkpoints[0].restore(0)[0]["params"]
+    ensembles = {}
+    for s in cfg.sisa_shards:
+        sisa.train(work / f"sisa{s}", engine.replace(partition={"shards": s, "slices": cfg.sisa_slices}),
+                   dataset=train, progress=False)
+        ensembles[s] = work / f"sisa{s}"
+
+    # Shadow models for LiRA: the constituents of one SISA run, before any deletion.
+    shadow_wd = Workdir.open(ensembles[cfg.shadow])
+    members = serve.constituents(shadow_wd)
+    store = shadow_wd.store()
+    shard_of = store.shard[np.searchsorted(store.ids, train.ids)]
+    shadow = {
+        "train": metrics.ensemble_log_probs(trainer, members.params, train.x),
+        "test": metrics.ensemble_log_probs(trainer, members.params, ds.x_test),
+        "train_in": np.asarray(members.shards)[:, None] == shard_of[None, :],
+    }
+    test = (ds.x_test, ds.y_test)
+    rows, facts = [], {"validation_examples": len(held), "train_examples": len(train.ids), "scenarios": {}}
+    base_key = jax.random.key(seed)
+    for i, sc in enumerate(scenarios(cfg, train, seed)):
+        facts["scenarios"][sc.name] = sc.detail
+        is_f = np.isin(train.ids, sc.ids)
+        forget, retain = (train.x[is_f], train.y[is_f]), (train.x[~is_f], train.y[~is_f])
+        key = jax.random.fold_in(base_key, i)
+        ev = _Evaluator(trainer, forget, retain, test, shadow, is_f)
+
+        gold = BASELINES["retrain"](trainer, original, forget, retain, key=key, retain_ids=train.ids[~is_f])
+        gold_lp = ev.single(gold.params)
+        gold_metrics = ev.metrics(gold_lp, None)
+        ev.gold = (gold_lp, gold_metrics)
+        rows.append(_row(seed, sc, GOLD, "gold", ev.metrics(gold_lp, gold_lp), gold.seconds, gold.compile_seconds,
+                         gold.examples_passes, {}))
+        bar.update()
+        rows.append(_row(seed, sc, ORIGINAL, "original", ev.metrics(ev.single(original), gold_lp), 0.0, 0.0, 0, {}))
+        bar.update()
+
+        for j, spec in enumerate(cfg.methods):
+            fn = BASELINES[spec.name]
+            chosen = searches.setdefault(sc.name, {})
+            if spec.name not in chosen:  # first (search) seed: pick hyper-parameters on validation
+                if spec.grid:
+                    found = search(fn, trainer, original, forget, retain, validation, spec.grid, budget=spec.budget,
+                                   hparams=spec.hparams, key=jax.random.fold_in(key, 10_000 + j),
+                                   weight=cfg.search_weight)
+                else:
+                    found = {"best": {}, "trials": []}
+                budget, hp = split(found["best"], spec.budget)
+                chosen[spec.name] = {**found, "budget": dataclasses.asdict(budget), "hparams": {**spec.hparams, **hp}}
+            pick = chosen[spec.name]
+            res = fn(trainer, original, forget, retain, Budget(**pick["budget"]), jax.random.fold_in(key, j),
+                     **pick["hparams"])
+            rows.append(_row(seed, sc, spec.name, "baseline", ev.metrics(ev.single(res.params), gold_lp),
+                             res.seconds, res.compile_seconds, res.examples_passes, res.hparams))
+            bar.update()
+
+        for s, root in ensembles.items():
+            copy = work / f"forget-sisa{s}"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(root, copy)
+            with Stopwatch() as sw:
+                rep = sisa.forget(copy, sc.ids.tolist(), progress=False)
+            served = serve.constituents(Workdir.open(copy))
+            lp = ev.ensemble(Workdir.open(copy).trainer, served.params)
+            cost = {"shards_retrained": len(rep["affected_shards"]),
+                    "work_fraction": rep["examples_epochs_retrained"] / max(rep["examples_epochs_full_retrain"], 1)}
+            rows.append(_row(seed, sc, f"SISA S={s} (exact)", "sisa", {**ev.metrics(lp, gold_lp), **cost},
+                             sw.seconds, sw.compile_seconds, rep["examples_epochs_retrained"], {"shards": s}))
+            shutil.rmtree(copy, ignore_errors=True)
+            bar.update()
+    return rows, facts
+
+
+class _Evaluator:
+    """Outputs of a model on the scenario's splits, and every metric computed from them."""
+
+    def __init__(self, trainer, forget, retain, test, shadow, is_forget):
+        from sisa.eval import mia
+
+        self.trainer, self.gold = trainer, None
+        self.x = {"forget": forget[0], "retain": retain[0], "test": test[0]}
+        self.y = {"forget": forget[1], "retain": retain[1], "test": test[1]}
+        # Attacks: K (members of the original training set) against the test split (non-members).
+        self.shadow_phi = np.concatenate([mia.logit_confidence(shadow["train"][:, is_forget], forget[1]),
+                                          mia.logit_confidence(shadow["test"], test[1])], axis=1)
+        self.shadow_in = np.concatenate([shadow["train_in"][:, is_forget],
+                                         np.zeros(shadow["test"].shape[:2], bool)], axis=1)
+
+    def single(self, params) -> dict:
+        from sisa.eval import metrics
+
+        return {k: metrics.log_probs(self.trainer, params, x) for k, x in self.x.items()}
+
+    def ensemble(self, trainer, stacked) -> dict:
+        from sisa.eval import metrics
+
+        return {k: metrics.softmax_mean(metrics.ensemble_log_probs(trainer, stacked, x)) for k, x in self.x.items()}
+
+    def metrics(self, lp: dict, gold_lp: dict | None) -> dict:
+        from sisa.eval import metrics, mia
+
+        out = metrics.outputs_metrics(lp, self.y, gold_lp)
+        lf, lr = lp["forget"], lp["test"]
+        yf, yr = self.y["forget"], self.y["test"]
+        out["mia_loss_auc"] = mia.loss_attack(metrics.losses(lf, yf), metrics.losses(lr, yr))
+        phi = np.concatenate([mia.logit_confidence(lf, yf), mia.logit_confidence(lr, yr)])
+        scores = mia.lira_scores(phi, self.shadow_phi, self.shadow_in)
+        out["mia_lira_auc"] = mia.auc(scores[: len(yf)], scores[len(yf):])
+        if self.gold is not None:
+            g = self.gold[1]
+            out["mia_loss_gap"] = abs(out["mia_loss_auc"] - g["mia_loss_auc"])
+            out["mia_lira_gap"] = abs(out["mia_lira_auc"] - g["mia_lira_auc"])
+        else:
+            out["mia_loss_gap"] = out["mia_lira_gap"] = 0.0
+        return out
+
+
+def _row(seed, sc, method, kind, m, seconds, compile_seconds, examples, extra) -> dict:
+    return {"seed": seed, "scenario": sc.name, "method": method, "kind": kind, **m,
+            "wall_seconds": seconds, "compile_seconds": compile_seconds,
+            "seconds": max(seconds - compile_seconds, 0.0), "examples_passes": int(examples), "extra": extra}
+
+
+def environment() -> dict:
+    import jax
+
+    from sisa.workdir import versions
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "versions": versions(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
