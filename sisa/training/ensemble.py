@@ -50,8 +50,12 @@ class Ensemble:
                 epoch, mesh=self.mesh, in_specs=(lanes, lanes, lanes, P(), P(), lanes), out_specs=(lanes, lanes),
                 check_vma=False,  # per-lane loops; nothing crosses devices
             )
-        self.init = jax.jit(init)
-        self.epoch = jax.jit(epoch, donate_argnums=0)
+        # Fixed shardings in and out: a call with freshly placed inputs and a call with the
+        # previous epoch's outputs hit the same compiled program.
+        lane = self.lane_sharding
+        self.init = jax.jit(init, in_shardings=lane, out_shardings=lane)
+        self.epoch = jax.jit(epoch, in_shardings=(lane, lane, lane, None, None, lane), out_shardings=(lane, lane),
+                             donate_argnums=0)
         self._logits = jax.jit(jax.vmap(trainer.logits, in_axes=(0, None)))
 
     def width(self, shards_to_train: int, shards: int) -> int:
