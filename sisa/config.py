@@ -50,6 +50,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     optimizer: str = "adam"  # adam | sgd | adamw
     seed: int = 0
+    # Keep the checkpoint of every k-th stage (and always the last). k > 1 saves disk; a
+    # deletion then restarts from the latest kept stage before it, retraining more.
+    checkpoint_every: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,10 @@ class Config:
         if self.train.schedule == "uniform":
             return e
         return max(1, math.ceil(2 * e / (r + 1)))
+
+    def keeps_checkpoint(self, stage: int) -> bool:
+        k, last = self.train.checkpoint_every, self.partition.slices - 1
+        return stage == last or (stage + 1) % k == 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,8 +105,8 @@ def check(cfg: Config) -> None:
         raise SisaError(f"shards and slices must be >= 1, got shards={p.shards}, slices={p.slices}")
     if p.strategy not in ("uniform", "stratified", "grouped"):
         raise SisaError(f"unknown partition strategy {p.strategy!r} (uniform, stratified, grouped)")
-    if t.epochs < 1 or t.batch_size < 1 or not t.learning_rate > 0:
-        raise SisaError("epochs and batch_size must be >= 1 and learning_rate > 0")
+    if t.epochs < 1 or t.batch_size < 1 or not t.learning_rate > 0 or t.checkpoint_every < 1:
+        raise SisaError("epochs, batch_size and checkpoint_every must be >= 1 and learning_rate > 0")
     if t.schedule not in ("budget", "uniform"):
         raise SisaError(f"unknown epoch schedule {t.schedule!r} (budget, uniform)")
     if t.optimizer not in ("adam", "adamw", "sgd"):

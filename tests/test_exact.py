@@ -166,3 +166,16 @@ def test_experiment_configs_load(name):
 
     cfg = config.load(Path(__file__).parent.parent / "experiments" / f"{name}.toml")
     assert cfg.data.dataset in ("mnist5k", "digits")
+
+
+def test_sparse_checkpoints_save_disk_and_stay_exact(tiny_ds, tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(partition={"slices": 4}, train={"checkpoint_every": 2})
+    root = tmp_path / "run"
+    _train(root, cfg, tiny_ds)
+    wd = Workdir.open(root)
+    assert all(c.stages() == [1, 3] for c in wd.checkpoints)
+    ids = _ids_where(root, shard=0, slice_=1)  # stage 1 is stale; restart from init, not stage 0
+    report = sisa.forget(root, ids, progress=False)
+    assert report["stages_retrained"] == {0: [0, 1, 2, 3]}
+    scratch = _train(tmp_path / "scratch", cfg, tiny_ds.without(ids))
+    assert compare(Workdir.open(root), scratch)["identical"]

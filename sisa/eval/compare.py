@@ -182,8 +182,8 @@ def to_dict(cfg: CompareConfig) -> dict:
         "name": cfg.name, "seeds": list(cfg.seeds), "validation_fraction": cfg.validation_fraction,
         "mia_tolerance": cfg.mia_tolerance,
         "forget": {"random": list(cfg.forget_fractions), "class": cfg.forget_class},
-        "sisa": {"shards": list(cfg.sisa_shards), "slices": cfg.sisa_slices, "shadow_shards": cfg.shadow},
-        "search": {"seed": cfg.first_seed, "weight": cfg.search_weight},
+        "sisa": {"shards": list(cfg.sisa_shards), "slices": cfg.sisa_slices, "shadow_shards": cfg.shadow_shards},
+        "search": {"seed": cfg.search_seed, "weight": cfg.search_weight},
         **engine,
         "methods": {m.name: {"budget": {k: v for k, v in dataclasses.asdict(m.budget).items() if v is not None},
                              "hparams": m.hparams, "grid": m.grid} for m in cfg.methods},
@@ -262,6 +262,7 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
     results = {
         "name": cfg.name,
         "config": to_dict(cfg),
+        "resolved": {"shadow_shards": cfg.shadow, "search_seed": cfg.first_seed},
         "config_toml": toml_text,
         "dataset": {"name": ds.name, "fingerprint": ds.fingerprint(), "train": len(ds.ids), "test": len(ds.y_test),
                     "num_classes": ds.num_classes},

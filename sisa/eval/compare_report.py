@@ -164,7 +164,7 @@ def render(results: dict) -> str:
         f"- Seeds {seeds}: the validation split, the forget sets, initialisation, data order and every "
         "unlearning key follow the seed. Tables: mean ± standard deviation over the "
         f"{len(seeds)} seeds (ddof = 1).",
-        "- Forget scenarios (seed " + str(seeds[0]) + "): " + "; ".join(
+        f"- Forget scenarios (seed {results['resolved']['search_seed']}): " + "; ".join(
             f"**{k}**: {v}" for k, v in first["scenarios"].items()) + ". The class forgotten is `seed % classes`.",
         f"- SISA: S ∈ {cfg['sisa']['shards']}, R = {cfg['sisa']['slices']} slices, the same model and training "
         "config, trained once per seed on D; each scenario runs `sisa.forget(ids)` (one request) on a copy.",
@@ -204,7 +204,7 @@ def render(results: dict) -> str:
         "class the gold's AUC is far below 0.5 (an unseen class has a high loss). **ΔMIA** = |AUC(model) − "
         "AUC(gold)| per seed, then averaged over seeds: the forget-quality axis (0 = as the gold standard).",
         f"- **MIA AUC (LiRA)**: offline LiRA (Carlini et al. 2022) with the constituents of the SISA "
-        f"S={cfg['sisa']['shadow_shards']} run (trained on known, disjoint shards of D, before any deletion) as "
+        f"S={results['resolved']['shadow_shards']} run (trained on known, disjoint shards of D, before any deletion) as "
         "shadow models: for each example, the logit-scaled confidence φ = log p(y|x) − log(1 − p(y|x)) under "
         "the shadows that did not train on it (S−1 for a training example, S for a test example) gives μ_out; "
         "σ_out is pooled over examples (fixed variance); score = (φ_model − μ_out) / σ_out. Same positives and "
@@ -221,7 +221,7 @@ def render(results: dict) -> str:
         "",
         "## Hyper-parameters",
         "",
-        f"Chosen once per scenario on seed {cfg['search']['seed']}'s validation split by "
+        f"Chosen once per scenario on seed {results['resolved']['search_seed']}'s validation split by "
         "`sisa.unlearn.baselines.search` and reused for every seed; neither the test split nor any retrained "
         "model is used. Score = accuracy on the validation examples of the classes D \\ K still has − "
         f"{cfg['search']['weight']} × |AUC(K vs validation examples of K's classes) − 0.5| (loss attack) − "

@@ -113,6 +113,8 @@ def complete(wd, *, only=None, progress: bool = True) -> dict:
             crash_point("after-epoch")
             bar.set_postfix(loss=f"{loss[active].mean():.3f}")
         bar.close()
+        if not cfg.keeps_checkpoint(stage):
+            continue
         host = unstack(states, width)
         for lane in np.flatnonzero(active):
             s = lanes[lane]

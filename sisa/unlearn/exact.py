@@ -86,9 +86,10 @@ def carry_out(wd, entry: dict, *, progress: bool = True) -> dict:
     affected = {int(s): r for s, r in entry["affected"].items()}
     for s, stage in affected.items():
         ckpt = wd.checkpoints[s]
-        # Stale stages are deleted newest first, so if `stage` is still there and clean, all
-        # later ones are this request's retraining, already done: keep them.
-        if stage in ckpt.stages() and _clean(ckpt, stage, entry["ids"]):
+        # Stale stages are deleted newest first, so if the first stage kept from `stage` on is
+        # clean, all later ones are this request's retraining, already done: keep them.
+        first = next((k for k in ckpt.stages() if k >= stage), None)
+        if first is not None and _clean(ckpt, first, entry["ids"]):
             continue
         ckpt.delete_from(stage)
     trained = complete(wd, progress=progress)

@@ -61,7 +61,7 @@ def test_salun_updates_only_salient_weights(setup):
     ratio, budget = 0.3, Budget(epochs=1, batch_size=16, learning_rate=1e-2)
     mask = salun.saliency_mask(s["trainer"], s["params"], s["forget"], ratio, budget.batch_size)
     total = sum(m.size for m in jax.tree.leaves(mask))
-    assert sum(int(m.sum()) for m in jax.tree.leaves(mask)) == round(ratio * total)
+    assert abs(sum(int(m.sum()) for m in jax.tree.leaves(mask)) - ratio * total) <= 1
     result = BASELINES["salun"](s["trainer"], s["params"], s["forget"], s["retain"], budget, jax.random.key(0),
                                 ratio=ratio)
     moved = 0
@@ -74,22 +74,26 @@ def test_salun_updates_only_salient_weights(setup):
 
 def test_fisher_noise_is_large_only_where_the_fisher_is_small(setup):
     s = setup
-    alpha, clip = 1e-4, 1e3
-    result = BASELINES["fisher"](s["trainer"], s["params"], s["forget"], s["retain"], Budget(batch_size=16),
-                                 jax.random.key(0), alpha=alpha, clip=clip)
     f = np.concatenate([np.ravel(a) for a in jax.tree.leaves(
         fisher.fisher_diagonal(s["trainer"], s["params"], s["retain"], batch_size=16))])
-    delta = np.concatenate([np.ravel(np.asarray(a) - np.asarray(b))
-                            for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(s["params"]))])
-    scale = np.sqrt(alpha * np.minimum(1 / (f + 1e-8), clip))
-    # The noise is exactly scale * N(0, 1) ...
-    z = delta / scale
-    assert abs(z.std() - 1) < 0.15 and abs(z.mean()) < 0.15
-    # ... so weights the retain set pins down (large Fisher) barely move, the others move a lot.
+
+    def delta(alpha, clip):
+        result = BASELINES["fisher"](s["trainer"], s["params"], s["forget"], s["retain"], Budget(batch_size=16),
+                                     jax.random.key(0), alpha=alpha, clip=clip)
+        return np.concatenate([np.ravel(np.asarray(a) - np.asarray(b))
+                               for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(s["params"]))])
+
+    alpha = 1e-4
+    d = delta(alpha, 1e6)
+    z = d / np.sqrt(alpha * np.minimum(1 / (f + 1e-8), 1e6))
+    assert abs(z.std() - 1) < 0.15 and abs(z.mean()) < 0.15  # exactly scale * N(0, 1) per weight
+    # Weights the retain set pins down (large Fisher) barely move; unconstrained ones move a lot.
     order = np.argsort(f)
     small, large = order[: len(f) // 10], order[-len(f) // 10 :]
-    assert np.abs(delta[small]).mean() > 20 * np.abs(delta[large]).mean()
-    assert np.abs(delta[large]).max() < 5 * np.sqrt(alpha / f[large].min())
+    assert np.abs(d[small]).mean() > 20 * np.abs(d[large]).mean()
+    assert np.abs(d[large]).max() < 5 * np.sqrt(alpha / f[large].min())
+    # The clip bounds the inverse Fisher, so the noise of every weight.
+    assert np.abs(delta(alpha, 10.0)).max() < 6 * np.sqrt(alpha * 10.0)
 
 
 def test_retrain_is_bitwise_training_without_the_forget_set(setup, tmp_path):
