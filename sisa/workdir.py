@@ -149,7 +149,7 @@ class Workdir:
     def config(self) -> Config:
         cfg = config_lib.load(self.config_path)
         if cfg.digest() != self.manifest["config_digest"]:
-            raise SisaError(f"{self.config_path} was edited after training (config digest differs from the manifest)")
+            raise SisaError(f"{self.config_path} does not match the manifest (edited after training, or written by another sisa version)")
         return cfg
 
     def check_config(self, cfg: Config) -> None:

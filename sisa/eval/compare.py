@@ -274,7 +274,7 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
         "reaches_gold": compare_report.reaches_gold(summary, cfg.mia_tolerance),
         "rows": rows,
     }
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1, allow_nan=True))
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1, allow_nan=False))
     plots = [str(out / p) for p in compare_report.plot(summary, out)]
     (out / "report.md").write_text(compare_report.render(results))
     return {"out_dir": str(out), "report": str(out / "report.md"), "results": str(out / "results.json"),
@@ -451,5 +451,7 @@ def _jsonable(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, np.generic):
-        return o.item()
+        o = o.item()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None  # strict JSON has no NaN
     return o
