@@ -7,7 +7,6 @@ A forgotten row whose bytes equal a retained row's is reported as such, not as a
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 

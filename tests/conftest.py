@@ -26,6 +26,16 @@ def blobs(n_train=300, n_test=90, features=8, classes=3, seed=0) -> Dataset:
                    x[n_train:], y[n_train:].astype(np.int32), classes)
 
 
+def npz_dataset(directory) -> Dataset:
+    """`blobs()` written as an .npz file and loaded by path, so `audit` can reread the source."""
+    from sisa.data import datasets
+
+    ds = blobs()
+    path = directory / "blobs.npz"
+    np.savez(path, x=ds.x, y=ds.y, id=ds.ids, x_test=ds.x_test, y_test=ds.y_test)
+    return datasets.load(str(path))
+
+
 @pytest.fixture(scope="session")
 def tiny_ds() -> Dataset:
     return blobs()

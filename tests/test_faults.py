@@ -7,15 +7,13 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import sisa
-from sisa.data import datasets
 from sisa.deletion_ledger import Ledger
 from sisa.verification import final_digests
 from sisa.workdir import Workdir
-from tests.conftest import blobs
+from tests.conftest import npz_dataset
 
 # Forgetting ids in shard 1 slice 1 and shard 2 slice 0 (3 shards x 3 slices, 2 epochs a stage)
 # deletes 5 stale checkpoints, trains 6 epochs and saves 5 new checkpoints.
@@ -31,10 +29,7 @@ CRASH_POINTS = (
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_cfg):
     tmp = tmp_path_factory.mktemp("faults")
-    ds = blobs()
-    np.savez(tmp / "blobs.npz", x=ds.x, y=ds.y, id=ds.ids, x_test=ds.x_test, y_test=ds.y_test)
-    ds = datasets.load(str(tmp / "blobs.npz"))
-    sisa.train(tmp / "base", tiny_cfg, dataset=ds, progress=False)
+    sisa.train(tmp / "base", tiny_cfg, dataset=npz_dataset(tmp), progress=False)
     store = Workdir.open(tmp / "base").store()
     ids = (store.ids[(store.shard == 1) & (store.slice == 1)][:1].tolist()
            + store.ids[(store.shard == 2) & (store.slice == 0)][:1].tolist())

@@ -1,6 +1,5 @@
 """Training properties: isolation, lane-count independence, empty steps, compile count."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

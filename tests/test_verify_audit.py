@@ -2,24 +2,19 @@
 
 import shutil
 
-import numpy as np
 import pytest
 
 import sisa
 from sisa.cli import main
-from sisa.data import datasets
 from sisa.workdir import Workdir
-from tests.conftest import blobs
+from tests.conftest import npz_dataset
 
 
 @pytest.fixture(scope="module")
 def before_and_after(tmp_path_factory, tiny_cfg):
     """A run on an .npz data set, copied before and after forgetting ids in shard 1."""
     tmp = tmp_path_factory.mktemp("va")
-    ds = blobs()
-    np.savez(tmp / "blobs.npz", x=ds.x, y=ds.y, id=ds.ids, x_test=ds.x_test, y_test=ds.y_test)
-    ds = datasets.load(str(tmp / "blobs.npz"))
-    sisa.train(tmp / "before", tiny_cfg, dataset=ds, progress=False)
+    sisa.train(tmp / "before", tiny_cfg, dataset=npz_dataset(tmp), progress=False)
     store = Workdir.open(tmp / "before").store()
     ids = store.ids[(store.shard == 1) & (store.slice == 0)][:2].tolist()
     shutil.copytree(tmp / "before", tmp / "after")
