@@ -179,3 +179,15 @@ def test_sparse_checkpoints_save_disk_and_stay_exact(tiny_ds, tiny_cfg, tmp_path
     assert report["stages_retrained"] == {0: [0, 1, 2, 3]}
     scratch = _train(tmp_path / "scratch", cfg, tiny_ds.without(ids))
     assert compare(Workdir.open(root), scratch)["identical"]
+
+
+def test_a_batched_request_retrains_each_affected_shard_once(run, tiny_cfg):
+    store = Workdir.open(run).store()
+    ids = store.ids[::7].tolist()  # ~43 ids over every shard and slice
+    report = sisa.forget(run, ids, progress=False)
+    after = Workdir.open(run).store()
+    first = {s: int(store.slice[np.isin(store.ids, ids) & (store.shard == s)].min()) for s in report["affected_shards"]}
+    assert report["stages_retrained"] == {s: list(range(r, 3)) for s, r in first.items()}
+    counts = after.counts(3, 3).cumsum(axis=1)  # survivors in slices 0..r, per shard
+    expected = sum(tiny_cfg.epochs_for_stage(r) * counts[s, r] for s, r0 in first.items() for r in range(r0, 3))
+    assert report["examples_epochs_retrained"] == expected
