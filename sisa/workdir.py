@@ -169,21 +169,18 @@ class Workdir:
 
     @functools.cached_property
     def trainer(self):
-        from sisa.training.step import ShardTrainer
+        from sisa.training.step import trainer_for
 
         d = self.manifest["dataset"]
-        return ShardTrainer(self.config, tuple(d["input_shape"]), d["num_classes"], d["scale"])
+        return trainer_for(self.config, tuple(d["input_shape"]), d["num_classes"], d["scale"])
 
     @functools.cached_property
     def checkpoints(self) -> list:
         """One ShardCheckpoints per shard."""
-        import jax
 
         from sisa.checkpoint import ShardCheckpoints
 
-        abstract = jax.tree.map(
-            lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(self.trainer.init, 0)
-        )
+        abstract = self.trainer.abstract_state
         return [ShardCheckpoints(self.checkpoint_root, s, abstract) for s in range(self.config.partition.shards)]
 
     def lineage(self, shard: int, stage: int, store: Store) -> dict:

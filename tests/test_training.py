@@ -1,5 +1,6 @@
 """Training properties: isolation, lane-count independence, empty steps, compile count."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -82,9 +83,20 @@ def test_lane_buckets_bound_the_programs():
     assert lane_bucket(1, 1) == 1
 
 
+_LOWERINGS: list[str] = []
+
+
+def _count_lowering(event: str, _secs: float, **_) -> None:
+    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+        _LOWERINGS.append(event)
+
+
 def test_train_and_many_forgets_compile_few_programs(tiny_ds, tiny_cfg, tmp_path):
     cfg = tiny_cfg.replace(train={"seed": 7})  # a trainer no other test compiled
     root = tmp_path / "run"
+    jax.monitoring.register_event_duration_secs_listener(_count_lowering)
+    # Every program built, compiled or loaded from the persistent cache, is lowered once.
+    _LOWERINGS.clear()
     sisa.train(root, cfg, dataset=tiny_ds, progress=False)
     wd = Workdir.open(root)
     store = wd.store()
@@ -94,3 +106,4 @@ def test_train_and_many_forgets_compile_few_programs(tiny_ds, tiny_cfg, tmp_path
     ens = ensemble_for(wd.trainer, 1)  # conftest: SISA_DEVICES=1
     assert ens.epoch._cache_size() == 2  # 3 lanes (train) + 2 lanes (every forget)
     assert ens.init._cache_size() == 2
+    assert len(_LOWERINGS) <= 6, len(_LOWERINGS)  # those four, and no per-call helpers

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sisa.training.step import ShardTrainer
@@ -85,7 +84,8 @@ def ensemble_for(trainer: ShardTrainer, devices: int = 1) -> Ensemble:
 
 
 def stack(states: list) -> dict:
-    return jax.tree.map(lambda *a: jnp.stack(a), *states)
+    """Host-side stack of per-lane states (numpy: no device program per tree shape)."""
+    return jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *states)
 
 
 def unstack(states, lanes: int) -> list:

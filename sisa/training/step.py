@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -24,7 +25,7 @@ State = dict[str, Any]  # {"params", "opt_state", "step"}
 
 # Independent key streams folded in after the seed.
 _INIT, _STEP = 0, 1
-_PAD_KEY = jnp.uint32(0xFFFFFFFF)
+_PAD_KEY = np.uint32(0xFFFFFFFF)  # numpy: a jnp constant would compile at import
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -54,6 +55,11 @@ class ShardTrainer:
 
     def _root(self, shard):
         return jax.random.fold_in(jax.random.key(self.cfg.train.seed), shard)
+
+    @functools.cached_property
+    def abstract_state(self):
+        """Shapes and dtypes of one shard's state, as numpy zeros (a restore target)."""
+        return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(self.init, 0))
 
     def init(self, shard) -> State:
         key = jax.random.fold_in(self._root(shard), _INIT)
@@ -101,3 +107,9 @@ class ShardTrainer:
 
         state, total = jax.lax.fori_loop(0, (n + b - 1) // b, body, (state, jnp.zeros((), jnp.float32)))
         return state, total / jnp.maximum(n, 1)
+
+
+@functools.cache
+def trainer_for(cfg: Config, input_shape: tuple[int, ...], num_classes: int, scale: float) -> ShardTrainer:
+    """One trainer per process per (config, data shape): its traced shapes and programs are reused."""
+    return ShardTrainer(cfg, input_shape, num_classes, scale)
