@@ -9,7 +9,7 @@
 from sisa.config import Config
 from sisa.errors import SisaError
 
-_API = ("train", "forget", "predict", "evaluate", "status", "ledger", "verify", "audit", "demo")
+_API = ("train", "forget", "predict", "evaluate", "status", "ledger", "verify", "audit", "compare", "demo")
 __all__ = ["Config", "SisaError", *_API]
 
 

@@ -143,3 +143,10 @@ def audit(workdir) -> dict:
     from sisa.auditing import audit as run_audit
 
     return run_audit(_open(workdir))
+
+
+def compare(config, out_dir, *, progress: bool = True) -> dict:
+    """Exact (SISA) vs approximate unlearning on the same data, model and compute accounting."""
+    from sisa.eval import compare as benchmark
+
+    return benchmark.run(config, out_dir, progress=progress)

@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--shards", type=int, nargs="+", help="shards to retrain (default all)")
     cmd("audit", "scan the workdir for anything of forgotten examples")
 
+    c = cmd("compare", "exact (SISA) vs approximate unlearning benchmark", workdir=False)
+    c.add_argument("--config", required=True, help="compare config TOML, e.g. experiments/compare_mnist5k.toml")
+    c.add_argument("--out", help="output directory (default: experiments/results/<config file stem>)")
+
     d = cmd("demo", "train on mnist5k, forget 10 ids, prove the result exact", workdir=False)
     d.add_argument("--workdir", help="keep the demo's runs here (default: a temporary directory)")
     return p
@@ -132,6 +136,11 @@ def run(args) -> dict:
             return api.verify(args.workdir, args.shards, progress=progress)
         case "audit":
             return api.audit(args.workdir)
+        case "compare":
+            from pathlib import Path
+
+            out = args.out or str(Path("experiments/results") / Path(args.config).stem)
+            return api.compare(args.config, out, progress=progress)
         case "demo":
             return api.demo(args.workdir, progress=progress)
     raise AssertionError(args.command)

@@ -71,6 +71,8 @@ def render(command: str, r: dict) -> str:
         head = "clean: nothing of forgotten examples found" if r["clean"] else "FOUND traces of forgotten examples"
         return "\n".join([f"{head} ({r['forgotten']} forgotten, {r['rows_scanned_for']} scanned for by bytes)",
                           *[f"finding: {f}" for f in r["findings"]], *[f"note: {n}" for n in r["notes"]]])
+    if command == "compare":
+        return f"{r['report']} ({r['wall_seconds']:.0f} s); plots: {', '.join(r['plots'])}"
     if command == "demo":
         return r["text"]
     raise AssertionError(command)

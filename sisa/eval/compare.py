@@ -229,17 +229,21 @@ def scenarios(cfg: CompareConfig, train_ds, seed: int) -> list[Scenario]:
 
 
 def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: bool = False) -> dict:
-    """Run the benchmark of `config` (a CompareConfig, or a path to its TOML) and write the
-    report to `out_dir`. `dataset` (a Dataset) replaces the one the config names."""
+    """Run the benchmark of `config` (a CompareConfig, its TOML layout as a dict, or a path to a
+    TOML file) and write the report to `out_dir`. `dataset` (a Dataset) replaces the one the
+    config names. Returns paths, wall time, the aggregated summary and `reaches_gold`."""
     from sisa import runtime
     from sisa.data import datasets
 
-    cfg = config if isinstance(config, CompareConfig) else load(config)
-    toml_text = Path(config).read_text() if not isinstance(config, CompareConfig) else dumps(cfg)
+    if isinstance(config, (str, Path)):
+        cfg, toml_text = load(config), Path(config).read_text()
+    else:
+        cfg = config if isinstance(config, CompareConfig) else from_dict(config)
+        toml_text = dumps(cfg)
     runtime.setup()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, load_before = time.perf_counter(), os.getloadavg()
     ds = dataset if dataset is not None else datasets.load(cfg.engine.data.dataset,
                                                            num_classes=cfg.engine.data.num_classes)
     seeds = [cfg.first_seed] + [s for s in cfg.seeds if s != cfg.first_seed]
@@ -266,7 +270,7 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
         "config_toml": toml_text,
         "dataset": {"name": ds.name, "fingerprint": ds.fingerprint(), "train": len(ds.ids), "test": len(ds.y_test),
                     "num_classes": ds.num_classes},
-        "environment": environment(),
+        "environment": {**environment(), "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "wall_seconds": wall,
         "seeds": facts,
         "search": searches,
@@ -275,8 +279,7 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
         "rows": rows,
     }
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1, allow_nan=False))
-    plots = [str(out / p) for p in compare_report.plot(summary, out)]
-    (out / "report.md").write_text(compare_report.render(results))
+    plots = compare_report.write(results, out)
     return {"out_dir": str(out), "report": str(out / "report.md"), "results": str(out / "results.json"),
             "plots": plots, "wall_seconds": wall, "summary": _jsonable(summary),
             "reaches_gold": results["reaches_gold"]}
@@ -291,14 +294,10 @@ def _bar(cfg, ds, progress):
 
 
 def _run_seed(cfg: CompareConfig, ds, seed: int, work: Path, searches: dict, bar) -> tuple[list, dict]:
+    """Train the original model and the SISA ensembles on D, then run every scenario."""
     import jax
 
     import sisa
-    from sisa import serve
-    from sisa.eval import metrics
-    from sisa.eval.timing import Stopwatch
-    from sisa.unlearn.baselines import BASELINES, search
-    from sisa.unlearn.baselines.search import split
     from sisa.workdir import Workdir
 
     rng = np.random.default_rng([seed, 0])
@@ -306,80 +305,107 @@ def _run_seed(cfg: CompareConfig, ds, seed: int, work: Path, searches: dict, bar
     validation = (ds.x[held], ds.y[held])
     train = ds.without(ds.ids[held])
     engine = cfg.engine.replace(train={"seed": seed}, partition={"seed": seed})
-    mono = engine.replace(partition={"shards": 1, "slices": 1})
-    sisa.train(work / "original", mono, dataset=train, progress=False)
+    sisa.train(work / "original", engine.replace(partition={"shards": 1, "slices": 1}), dataset=train, progress=False)
     wd = Workdir.open(work / "original")
     trainer, original = wd.trainer, wd.checkpoints[0].restore(0)[0]["params"]
     ensembles = {}
     for s in cfg.sisa_shards:
-        sisa.train(work / f"sisa{s}", engine.replace(partition={"shards": s, "slices": cfg.sisa_slices}),
-                   dataset=train, progress=False)
         ensembles[s] = work / f"sisa{s}"
+        sisa.train(ensembles[s], engine.replace(partition={"shards": s, "slices": cfg.sisa_slices}), dataset=train,
+                   progress=False)
+    shadow = _shadows(Workdir.open(ensembles[cfg.shadow]), trainer, train, ds)
 
-    # Shadow models for LiRA: the constituents of one SISA run, before any deletion.
-    shadow_wd = Workdir.open(ensembles[cfg.shadow])
-    members = serve.constituents(shadow_wd)
-    store = shadow_wd.store()
-    shard_of = store.shard[np.searchsorted(store.ids, train.ids)]
-    shadow = {
-        "train": metrics.ensemble_log_probs(trainer, members.params, train.x),
-        "test": metrics.ensemble_log_probs(trainer, members.params, ds.x_test),
-        "train_in": np.asarray(members.shards)[:, None] == shard_of[None, :],
-    }
-    test = (ds.x_test, ds.y_test)
     rows, facts = [], {"validation_examples": len(held), "train_examples": len(train.ids), "scenarios": {}}
-    base_key = jax.random.key(seed)
     for i, sc in enumerate(scenarios(cfg, train, seed)):
         facts["scenarios"][sc.name] = sc.detail
         is_f = np.isin(train.ids, sc.ids)
         forget, retain = (train.x[is_f], train.y[is_f]), (train.x[~is_f], train.y[~is_f])
-        key = jax.random.fold_in(base_key, i)
-        ev = _Evaluator(trainer, forget, retain, test, shadow, is_f)
-
-        gold = BASELINES["retrain"](trainer, original, forget, retain, key=key, retain_ids=train.ids[~is_f])
-        gold_lp = ev.single(gold.params)
-        gold_metrics = ev.metrics(gold_lp, None)
-        ev.gold = (gold_lp, gold_metrics)
-        rows.append(_row(seed, sc, GOLD, "gold", ev.metrics(gold_lp, gold_lp), gold.seconds, gold.compile_seconds,
-                         gold.examples_passes, {}))
-        bar.update()
-        rows.append(_row(seed, sc, ORIGINAL, "original", ev.metrics(ev.single(original), gold_lp), 0.0, 0.0, 0, {}))
-        bar.update()
-
+        key = jax.random.fold_in(jax.random.key(seed), i)
+        ev = _Evaluator(trainer, forget, retain, (ds.x_test, ds.y_test), shadow, is_f)
+        rows += _reference_rows(ev, seed, sc, trainer, original, forget, retain, train.ids[~is_f], key)
+        bar.update(2)
         for j, spec in enumerate(cfg.methods):
-            fn = BASELINES[spec.name]
-            chosen = searches.setdefault(sc.name, {})
-            if spec.name not in chosen:  # first (search) seed: pick hyper-parameters on validation
-                if spec.grid:
-                    found = search(fn, trainer, original, forget, retain, validation, spec.grid, budget=spec.budget,
-                                   hparams=spec.hparams, key=jax.random.fold_in(key, 10_000 + j),
-                                   weight=cfg.search_weight)
-                else:
-                    found = {"best": {}, "trials": []}
-                budget, hp = split(found["best"], spec.budget)
-                chosen[spec.name] = {**found, "budget": dataclasses.asdict(budget), "hparams": {**spec.hparams, **hp}}
-            pick = chosen[spec.name]
-            res = fn(trainer, original, forget, retain, Budget(**pick["budget"]), jax.random.fold_in(key, j),
-                     **pick["hparams"])
-            rows.append(_row(seed, sc, spec.name, "baseline", ev.metrics(ev.single(res.params), gold_lp),
-                             res.seconds, res.compile_seconds, res.examples_passes, res.hparams))
+            pick = searches.setdefault(sc.name, {}).get(spec.name)
+            if pick is None:  # the first (search) seed picks hyper-parameters on its validation split
+                pick = searches[sc.name][spec.name] = _choose(cfg, spec, trainer, original, forget, retain, validation,
+                                                               jax.random.fold_in(key, 10_000 + j))
+            rows.append(_baseline_row(ev, seed, sc, spec.name, pick, trainer, original, forget, retain,
+                                      jax.random.fold_in(key, j)))
             bar.update()
-
         for s, root in ensembles.items():
-            copy = work / f"forget-sisa{s}"
-            shutil.rmtree(copy, ignore_errors=True)
-            shutil.copytree(root, copy)
-            with Stopwatch() as sw:
-                rep = sisa.forget(copy, sc.ids.tolist(), progress=False)
-            served = serve.constituents(Workdir.open(copy))
-            lp = ev.ensemble(Workdir.open(copy).trainer, served.params)
-            cost = {"shards_retrained": len(rep["affected_shards"]),
-                    "work_fraction": rep["examples_epochs_retrained"] / max(rep["examples_epochs_full_retrain"], 1)}
-            rows.append(_row(seed, sc, f"SISA S={s} (exact)", "sisa", {**ev.metrics(lp, gold_lp), **cost},
-                             sw.seconds, sw.compile_seconds, rep["examples_epochs_retrained"], {"shards": s}))
-            shutil.rmtree(copy, ignore_errors=True)
+            rows.append(_sisa_row(ev, seed, sc, s, root, work / f"forget-sisa{s}"))
             bar.update()
     return rows, facts
+
+
+def _shadows(wd, trainer, train, ds) -> dict:
+    """LiRA's shadow models: one SISA run's constituents (before any deletion), their log-probs on
+    D and on the test split, and which constituent trained on which example of D."""
+    from sisa import serve
+    from sisa.eval import metrics
+
+    members = serve.constituents(wd)
+    store = wd.store()
+    shard_of = store.shard[np.searchsorted(store.ids, train.ids)]
+    return {
+        "train": metrics.ensemble_log_probs(trainer, members.params, train.x),
+        "test": metrics.ensemble_log_probs(trainer, members.params, ds.x_test),
+        "train_in": np.asarray(members.shards)[:, None] == shard_of[None, :],
+    }
+
+
+def _reference_rows(ev, seed, sc, trainer, original, forget, retain, retain_ids, key) -> list[dict]:
+    """The gold standard (retrained by the engine) and the original model."""
+    from sisa.unlearn.baselines import BASELINES
+
+    gold = BASELINES["retrain"](trainer, original, forget, retain, key=key, retain_ids=retain_ids)
+    gold_lp = ev.single(gold.params)
+    ev.gold = (gold_lp, ev.metrics(gold_lp, None))
+    return [_row(seed, sc, GOLD, "gold", ev.metrics(gold_lp, gold_lp), gold.seconds, gold.compile_seconds,
+                 gold.examples_passes, {}),
+            _row(seed, sc, ORIGINAL, "original", ev.metrics(ev.single(original), gold_lp), 0.0, 0.0, 0, {})]
+
+
+def _choose(cfg, spec, trainer, original, forget, retain, validation, key) -> dict:
+    from sisa.unlearn.baselines import search
+    from sisa.unlearn.baselines.search import split
+
+    found = {"best": {}, "trials": []}
+    if spec.grid:
+        found = search(spec.name, trainer, original, forget, retain, validation, spec.grid, budget=spec.budget,
+                       hparams=spec.hparams, key=key, weight=cfg.search_weight)
+    budget, hp = split(found["best"], spec.budget)
+    return {**found, "budget": dataclasses.asdict(budget), "hparams": {**spec.hparams, **hp}}
+
+
+def _baseline_row(ev, seed, sc, name, pick, trainer, original, forget, retain, key) -> dict:
+    from sisa.unlearn.baselines import BASELINES
+
+    res = BASELINES[name](trainer, original, forget, retain, Budget(**pick["budget"]), key, **pick["hparams"])
+    return _row(seed, sc, name, "baseline", ev.metrics(ev.single(res.params), ev.gold[0]), res.seconds,
+                res.compile_seconds, res.examples_passes, res.hparams)
+
+
+def _sisa_row(ev, seed, sc, shards, root, copy) -> dict:
+    """`sisa.forget` on a copy of the trained ensemble; its outputs are the aggregated ensemble."""
+    import sisa
+    from sisa import serve
+    from sisa.eval.timing import Stopwatch
+    from sisa.workdir import Workdir
+
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(root, copy)
+    try:
+        with Stopwatch() as sw:
+            rep = sisa.forget(copy, sc.ids.tolist(), progress=False)
+        wd = Workdir.open(copy)
+        lp = ev.ensemble(wd.trainer, serve.constituents(wd).params)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    cost = {"shards_retrained": len(rep["affected_shards"]),
+            "work_fraction": rep["examples_epochs_retrained"] / max(rep["examples_epochs_full_retrain"], 1)}
+    return _row(seed, sc, f"SISA S={shards} (exact)", "sisa", {**ev.metrics(lp, ev.gold[0]), **cost}, sw.seconds,
+                sw.compile_seconds, rep["examples_epochs_retrained"], {"shards": shards})
 
 
 class _Evaluator:

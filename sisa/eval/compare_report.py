@@ -63,28 +63,34 @@ def plot(summary: dict, out: Path) -> list[str]:
     specs = [(PLOTS[0], "mia_loss_gap", "|MIA AUC − gold's|, loss attack (lower is better)"),
              (PLOTS[1], "acc_test", "test accuracy")]
     names = list(summary)
+    methods = [m for m, e in next(iter(summary.values())).items() if e["kind"] != "original"]
+    kinds = {m: next(iter(summary.values()))[m]["kind"] for m in methods}
+    others = iter([c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3] + ["navy", "teal", "olive"] * 9)
+    reds = iter(["#d62728", "#8b0000", "#ff7f50", "#c71585"] * 9)
+    style = {m: ("*", "black") if kinds[m] == "gold" else ("s", next(reds)) if kinds[m] == "sisa" else ("o", next(others))
+             for m in methods}
     for filename, metric, ylabel in specs:
-        fig, axes = plt.subplots(1, len(names), figsize=(5.4 * len(names), 4.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names) + 2.2, 4.4), squeeze=False)
         for ax, sc in zip(axes[0], names):
             for method, e in summary[sc].items():
                 if e["kind"] == "original":  # no time: a reference line, not a point
                     ax.axhline(e[metric]["mean"], color="grey", lw=0.9, ls=":")
-                    ax.annotate("original (no unlearning)", (0.01, e[metric]["mean"]), xycoords=("axes fraction", "data"),
-                                fontsize=7, color="grey", xytext=(0, 3), textcoords="offset points")
+                    ax.annotate("original (no unlearning)", (0.99, e[metric]["mean"]),
+                                xycoords=("axes fraction", "data"), ha="right", fontsize=7, color="grey",
+                                xytext=(0, 3), textcoords="offset points")
                     continue
-                marker, color = {"gold": ("*", "black"), "sisa": ("s", "tab:red")}.get(e["kind"], ("o", "tab:blue"))
+                marker, color = style.get(method, ("o", "tab:blue"))
                 x, y = max(e["seconds"]["mean"], 1e-4), e[metric]["mean"]
                 ax.errorbar(x, y, xerr=e["seconds"]["std"], yerr=e[metric]["std"], fmt=marker, color=color,
-                            markersize=11 if marker == "*" else 6, capsize=2, alpha=0.85)
-                label = method.replace(" (exact)", "").replace(" (gold)", "")
-                ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+                            markersize=12 if marker == "*" else 7, capsize=2, alpha=0.9, label=method)
             ax.set_xscale("log")
             ax.set_title(sc)
             ax.set_xlabel("seconds (compilation excluded, log scale)")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3, which="both")
-        fig.suptitle("○ approximate baselines   ■ SISA exact deletion   ★ gold standard (retrain)", fontsize=9)
-        fig.tight_layout()
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1 - 2.1 / (4.6 * len(names) + 2.2), 1))
         fig.savefig(out / filename, dpi=120)
         plt.close(fig)
     return list(PLOTS)
@@ -101,7 +107,7 @@ _COLUMNS = [("acc_test", "test acc", 3), ("acc_retain", "retain acc", 3), ("acc_
 
 
 def _cell(e: dict | None, digits: int) -> str:
-    if e is None or math.isnan(e["mean"]):
+    if e is None or e["mean"] is None or math.isnan(e["mean"]):
         return "–"
     if digits == 0:
         return f"{e['mean']:,.0f} ± {e['std']:,.0f}"
@@ -123,6 +129,12 @@ def _findings(sc: str, methods: dict, hits: list, tolerance: float) -> list[str]
         if e["kind"] == "sisa":
             out.append(f"{m} retrained {e['shards_retrained']['mean']:.1f} shards on average, "
                        f"{e['work_fraction']['mean']:.0%} of the example-epochs of training that ensemble from scratch.")
+    gold = next(e for e in methods.values() if e["kind"] == "gold")
+    original = next((e for e in methods.values() if e["kind"] == "original"), None)
+    if original is not None:
+        out.append(f"Scale: doing nothing (the original model) gives ΔMIA loss {original['mia_loss_gap']['mean']:.3f} "
+                   f"(LiRA {original['mia_lira_gap']['mean']:.3f}); the gold standard's own AUC varies by "
+                   f"± {gold['mia_loss_auc']['std']:.3f} (loss) across seeds, i.e. across forget sets.")
     if not hits:
         out.append(f"No method other than the gold standard is within {tolerance} of its forget-set MIA AUC "
                    "(loss attack, mean over seeds).")
@@ -138,6 +150,15 @@ def _findings(sc: str, methods: dict, hits: list, tolerance: float) -> list[str]
     return out
 
 
+def write(results: dict, out: Path) -> list[str]:
+    """Write the plots and `report.md` of `results` (as `compare.run` builds them, or read back from
+    `results.json`) into `out`; returns the plot paths."""
+    out = Path(out)
+    plots = [str(out / p) for p in plot(results["summary"], out)]
+    (out / "report.md").write_text(render(results))
+    return plots
+
+
 def render(results: dict) -> str:
     cfg, env, summary = results["config"], results["environment"], results["summary"]
     seeds = cfg["seeds"]
@@ -149,8 +170,11 @@ def render(results: dict) -> str:
         f"Generated by `sisa.eval.compare.run` on {env['date']}; total wall time of the run "
         f"**{results['wall_seconds']:.0f} s** on {env['cpu_count']} CPU core(s) "
         f"(JAX backend `{env['jax_backend']}`, {env['processor']}, jax {env['versions'].get('jax')}). "
+        f"1-minute load average {env['load_average_before'][0]:.1f} before and {env['load_average_after'][0]:.1f} "
+        "after the run (other processes on the machine slow the timings down). "
         "Every number below comes from `results.json` next to this file (per seed in `rows`, aggregated "
-        "in `summary`); nothing was edited by hand.",
+        "in `summary`); nothing was edited by hand. Reproduce with `python experiments/run_compare.py "
+        "--config CONFIG.toml --out DIR` on the config at the end (or `sisa.eval.compare.run`).",
         "",
         "## Setup",
         "",
@@ -227,9 +251,10 @@ def render(results: dict) -> str:
         "model is used. Score = accuracy on the validation examples of the classes D \\ K still has − "
         f"{cfg['search']['weight']} × |AUC(K vs validation examples of K's classes) − 0.5| (loss attack) − "
         "accuracy on validation examples of classes D \\ K no longer has (0 unless a class is forgotten). "
-        "Budgets, fixed hyper-parameters and grids are in the config below.",
+        "Budgets, fixed hyper-parameters and grids are in the config below (`fisher` takes no optimiser "
+        "steps: only its batch size is used; `retrain` ignores budgets: it is the engine's own recipe).",
         "",
-        "| scenario | method | chosen grid point | budget: epochs / steps, batch, lr, optimizer | other hyper-parameters |",
+        "| scenario | method | chosen grid point | budget: epochs / steps, batch, lr, optimizer | hyper-parameters used |",
         "|---|---|---|---|---|",
     ]
     for sc, methods in results["search"].items():

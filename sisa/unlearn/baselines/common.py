@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 from typing import Any, Callable
 
 import jax
@@ -96,6 +97,7 @@ def baseline(default_budget: Budget, **defaults):
                 new = jax.block_until_ready(new)
             return Result(new, sw.seconds, int(examples), {**hp, **dataclasses.asdict(budget)}, sw.compile_seconds)
 
+        unlearn.__doc__ = sys.modules[fn.__module__].__doc__  # the method's description and paper
         unlearn.defaults = dict(defaults)
         unlearn.default_budget = default_budget
         return unlearn
