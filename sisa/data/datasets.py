@@ -288,3 +288,12 @@ REGISTRY: dict[str, Callable[[], Dataset]] = {
     "cifar10": _hub("cifar10", "uoft-cs/cifar10"),
     "svhn": _hub("svhn", "ufldl-stanford/svhn", "cropped_digits"),
 }
+
+
+def _purchase_synth() -> Dataset:
+    from sisa.data.synthetic import purchase_like  # imports this module: load it late
+
+    return purchase_like()
+
+
+REGISTRY["purchase-synth"] = _purchase_synth
