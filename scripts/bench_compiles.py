@@ -42,6 +42,8 @@ import time
 import traceback
 from pathlib import Path
 
+import benchlib
+
 TARGET_COMPILES, TARGET_FRESH_OVER_WARM = 6, 2.0
 EV = {"/jax/core/compile/backend_compile_duration": "compile",
       "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
@@ -322,8 +324,7 @@ def plot(out: dict, path: str) -> None:
     ax.set_ylabel("seconds")
     ax.set_title(f"forget 1 id, {out['dataset']} S={out['shards']} R={out['slices']}")
     ax.legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    benchlib.save_figure(fig, path)
 
 
 def main() -> None:
@@ -334,9 +335,7 @@ def main() -> None:
     ap.add_argument("--deletions", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="~1 min smoke version")
-    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--plot", help="write a PNG of the fresh-process breakdown here")
+    benchlib.output_flags(ap, "write a PNG of the fresh-process breakdown here")
     ap.add_argument("--child", choices=("count", "forget"), help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--id", type=int, help=argparse.SUPPRESS)
@@ -364,14 +363,7 @@ def main() -> None:
     out = {"dataset": args.dataset, "shards": args.shards, "slices": args.slices, "deletions": args.deletions,
            "repeats": args.repeats, "quick": args.quick, "target_compiles": TARGET_COMPILES,
            "compiles": compiles, "compiles_meet_target": compiles["compiles"] <= TARGET_COMPILES, "latency": lat}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
-    if args.plot:
-        plot(out, args.plot)
-    if args.json:
-        print(json.dumps(out))
-    else:
+    if not benchlib.finish(out, args, lambda path: plot(out, path)):
         print_tables(out)
 
 

@@ -55,7 +55,6 @@ replacement: E[cost_K] = sum_{s,r} e' m_sr [1 - C(N-m_sr, K) / C(N, K)].
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -66,6 +65,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib
 import numpy as np
 
 import sisa
@@ -349,8 +349,7 @@ def plot(out: dict, path: str) -> None:
     ov = out["overview"]
     b.set_title(f"batched forget, S={ov['shards']} R={ov['slices']}")
     b.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    benchlib.save_figure(fig, path)
 
 
 def main() -> None:
@@ -367,9 +366,7 @@ def main() -> None:
     ap.add_argument("--table-slices", type=ints, default=[1, 5, 10, 50])
     ap.add_argument("--table-forgets", type=int, default=5, help="single-id requests per speed-up config")
     ap.add_argument("--quick", action="store_true", help="~1 min smoke version")
-    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--plot", help="write a PNG (speed-up vs R, latency vs K) here")
+    benchlib.output_flags(ap, "write a PNG (speed-up vs R, latency vs K) here")
     args = ap.parse_args()
     if args.quick:
         args.forgets, args.repeats, args.table_shards, args.table_slices, args.table_forgets = 3, 2, [5, 10], [1, 5], 3
@@ -391,14 +388,7 @@ def main() -> None:
            "table_forgets": args.table_forgets,
            "cost_per_example_epoch_us": 1e6 * ov["train_seconds_library"] / ov["train_examples_epochs"],
            "overview": ov, "batched": bt, "speedup": sp}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
-    if args.plot:
-        plot(out, args.plot)
-    if args.json:
-        print(json.dumps(out))
-    else:
+    if not benchlib.finish(out, args, lambda path: plot(out, path)):
         print_tables(out)
 
 

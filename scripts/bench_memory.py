@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib
+
 TARGET_MB = 2048
 
 
@@ -97,8 +99,7 @@ def plot(out: dict, path: str) -> None:
     ax.set_ylim(bottom=0)
     ax.set_title(f"resident memory, {out['dataset']}, R={out['slices']}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    benchlib.save_figure(fig, path)
 
 
 def main() -> None:
@@ -107,9 +108,7 @@ def main() -> None:
     ap.add_argument("--shards", default="1,10,50,100", help="comma list")
     ap.add_argument("--slices", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="~1 min smoke version (S = 1, 10, 100 with R = 1)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--plot", help="write a PNG of peak RSS against S here")
+    benchlib.output_flags(ap, "write a PNG of peak RSS against S here")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -134,14 +133,7 @@ def main() -> None:
     out = {"dataset": args.dataset, "slices": args.slices, "quick": args.quick, "target_mb": TARGET_MB,
            "runs": runs, "peak_mb_at_100": by_s.get(100),
            "meets_target": by_s.get(100, max(by_s.values())) <= TARGET_MB}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
-    if args.plot:
-        plot(out, args.plot)
-    if args.json:
-        print(json.dumps(out))
-    else:
+    if not benchlib.finish(out, args, lambda path: plot(out, path)):
         print_table(out)
 
 

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib
+
 TARGET = 1.3
 
 
@@ -85,8 +87,7 @@ def plot(out: dict, path: str) -> None:
     ax.set_ylabel("training seconds (warm)")
     ax.set_title(f"{out['dataset']} S={out['shards']} R={out['slices']}: {out['speedup']:.2f}x")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    benchlib.save_figure(fig, path)
 
 
 def main() -> None:
@@ -98,9 +99,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3, help="children per device count")
     ap.add_argument("--quick", action="store_true", help="~1 min smoke version (20,000 rows, one child each)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--plot", help="write a PNG of the per-run times here")
+    benchlib.output_flags(ap, "write a PNG of the per-run times here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -141,13 +140,7 @@ def main() -> None:
         "meets_target": med["1"] / med["2"] >= TARGET, "bit_identical": identical,
         "shards_compared": len(ref), "examples_epochs": runs["1"][0]["examples_epochs"],
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
-    if args.plot:
-        plot(out, args.plot)
-    if args.json:
-        print(json.dumps(out))
+    if benchlib.finish(out, args, lambda path: plot(out, path)):
         return
     print(f"{out['dataset']}, S={args.shards}, R={args.slices}, E={args.epochs}: 2 host devices "
           f"(--xla_force_host_platform_device_count=2), {args.repeats} child(ren) per side, medians")

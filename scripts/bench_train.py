@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -43,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib
 import sisa
 from sisa.data import datasets
 
@@ -192,8 +192,7 @@ def plot(results: list[dict], path: str) -> None:
         ax.set_ylabel("time / monolithic")
         ax.set_title(f"{res['dataset']} ({res['examples']} ex, E={res['epochs']})")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    benchlib.save_figure(fig, path)
 
 
 def main() -> None:
@@ -208,9 +207,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="warm rounds (default 3; 1 for purchase)")
     ap.add_argument("--ablate", default="mnist5k", help="datasets that also get no-save runs (comma list, or none)")
     ap.add_argument("--quick", action="store_true", help="~1 min smoke version")
-    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--plot", help="write a PNG of the ratios here")
+    benchlib.output_flags(ap, "write a PNG of the ratios here")
     args = ap.parse_args()
     # Cold must mean compiled here: no persistent compile cache unless asked for.
     os.environ.setdefault("SISA_CACHE_DIR", "off")
@@ -236,13 +233,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     out = {"backend": jax.default_backend(), "devices": jax.local_device_count(), "target_ratio": TARGET,
            "quick": args.quick, "results": results}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
-    if args.plot:
-        plot(results, args.plot)
-    if args.json:
-        print(json.dumps(out))
+    benchlib.finish(out, args, lambda path: plot(results, path))
 
 
 if __name__ == "__main__":

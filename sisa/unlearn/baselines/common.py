@@ -166,6 +166,18 @@ def cross_entropy(logits, y, mask):
     return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, y), mask)
 
 
+def descend_cross_entropy(name: str) -> Update:
+    """The update of plain training on stream `name`. Make it once, at import: the update
+    function keys the compiled program."""
+
+    def update(ctx, params, opt_state, batches, key):
+        b = batches[name]
+        return ctx.descend(params, opt_state, lambda p: cross_entropy(ctx.logits(p, b["x"], key), b["y"], b["mask"]),
+                           b["mask"].sum())
+
+    return update
+
+
 def kl(teacher_logits, student_logits, mask, temperature=1.0):
     """Mean KL(teacher || student) at `temperature`, times temperature² (Hinton et al.)."""
     t = jax.nn.log_softmax(teacher_logits / temperature)

@@ -6,13 +6,10 @@ Continued training on D \\ K lets the model drift away from what it memorised of
 
 from __future__ import annotations
 
-from sisa.unlearn.baselines.common import Budget, baseline, cross_entropy, run_steps, stream
+from sisa.unlearn.baselines.common import Budget, baseline, descend_cross_entropy, run_steps, stream
 
 
-def _update(ctx, params, opt_state, batches, key):
-    r = batches["retain"]
-    return ctx.descend(params, opt_state, lambda p: cross_entropy(ctx.logits(p, r["x"], key), r["y"], r["mask"]),
-                       r["mask"].sum())
+_update = descend_cross_entropy("retain")
 
 
 @baseline(Budget(epochs=2, learning_rate=1e-3))

@@ -7,13 +7,10 @@ Budget epochs: passes over forget ∪ retain.
 
 from __future__ import annotations
 
-from sisa.unlearn.baselines.common import Budget, baseline, cross_entropy, random_labels, run_steps, union
+from sisa.unlearn.baselines.common import Budget, baseline, descend_cross_entropy, random_labels, run_steps, union
 
 
-def _update(ctx, params, opt_state, batches, key):
-    u = batches["union"]
-    return ctx.descend(params, opt_state, lambda p: cross_entropy(ctx.logits(p, u["x"], key), u["y"], u["mask"]),
-                       u["mask"].sum())
+_update = descend_cross_entropy("union")
 
 
 @baseline(Budget(epochs=1, learning_rate=1e-3))

@@ -19,7 +19,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from sisa.unlearn.baselines.common import (
-    Budget, baseline, cross_entropy, model_trainer, random_labels, run_steps, stream, union,
+    Budget, baseline, descend_cross_entropy, model_trainer, random_labels, run_steps, stream, union,
 )
 
 
@@ -51,10 +51,7 @@ def saliency_mask(trainer, params, forget, ratio: float = 0.5, batch_size: int =
     return _saliency(model_trainer(trainer), batch_size)(jax.tree.map(jnp.asarray, params), s, np.float32(ratio))
 
 
-def _update(ctx, params, opt_state, batches, key):
-    u = batches["union"]
-    return ctx.descend(params, opt_state, lambda p: cross_entropy(ctx.logits(p, u["x"], key), u["y"], u["mask"]),
-                       u["mask"].sum())
+_update = descend_cross_entropy("union")
 
 
 @baseline(Budget(epochs=1, learning_rate=1e-3), ratio=0.5)
