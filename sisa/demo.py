@@ -13,6 +13,12 @@ from sisa.config import Config
 from sisa.report import _table
 
 
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def run(workdir=None, *, progress: bool = True, forget_count: int = 10, seed: int = 0) -> dict:
     from sisa.data import datasets
     from sisa.verification import compare
@@ -21,16 +27,14 @@ def run(workdir=None, *, progress: bool = True, forget_count: int = 10, seed: in
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sisa-demo-"))
     ds = datasets.load("mnist5k")
     cfg = Config()
-    timed = lambda f: (lambda t0: (f(), time.perf_counter() - t0))(time.perf_counter())  # noqa: E731
-
-    _, t_sisa = timed(lambda: api.train(root / "sisa", cfg, dataset=ds, progress=progress))
+    t_sisa = _seconds(lambda: api.train(root / "sisa", cfg, dataset=ds, progress=progress))
     mono_cfg = cfg.replace(partition={"shards": 1, "slices": 1})
-    _, t_mono = timed(lambda: api.train(root / "monolithic", mono_cfg, dataset=ds, progress=progress))
+    t_mono = _seconds(lambda: api.train(root / "monolithic", mono_cfg, dataset=ds, progress=progress))
     ev, ev_mono = api.evaluate(root / "sisa"), api.evaluate(root / "monolithic")
 
     forget_ids = np.random.default_rng(seed).choice(ds.ids, forget_count, replace=False).tolist()
     fg = api.forget(root / "sisa", forget_ids, request="demo", progress=progress)
-    _, t_scratch = timed(lambda: api.train(root / "scratch", cfg, dataset=ds.without(forget_ids), progress=progress))
+    t_scratch = _seconds(lambda: api.train(root / "scratch", cfg, dataset=ds.without(forget_ids), progress=progress))
     same = compare(Workdir.open(root / "sisa"), Workdir.open(root / "scratch"))
     x_test, _ = Workdir.open(root / "sisa").test_split()
     preds_equal = {

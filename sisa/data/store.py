@@ -45,11 +45,6 @@ class Store:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def rows(self, ids) -> np.ndarray:
-        """Row positions of `ids` (all must be present)."""
-        pos = np.searchsorted(self.ids, ids)
-        return pos
-
     def contains(self, ids) -> np.ndarray:
         ids = np.asarray(ids, np.int64)
         pos = np.clip(np.searchsorted(self.ids, ids), 0, max(len(self.ids) - 1, 0))
