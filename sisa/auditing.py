@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sisa.checkpoint import CheckpointCorrupted
 from sisa.deletion_ledger import Ledger
 
 
@@ -18,7 +19,12 @@ def audit(wd) -> dict:
     findings, notes = [], []
     for ckpt in wd.checkpoints:
         for stage in ckpt.stages():
-            if set(forgotten).intersection(ckpt.lineage(stage)["ids"]):
+            try:
+                seen = set(forgotten).intersection(ckpt.lineage(stage)["ids"])
+            except CheckpointCorrupted as e:
+                findings.append(f"{e}: cannot tell what it saw")
+                continue
+            if seen:
                 findings.append(f"checkpoint shard {ckpt.shard} stage {stage} saw forgotten ids")
         if ckpt.directory.exists() and list(ckpt.directory.glob("*.orbax-checkpoint-tmp*")):
             findings.append(f"unfinished checkpoint writes left in {ckpt.directory}")
