@@ -89,5 +89,6 @@ def stack(states: list) -> dict:
 
 
 def unstack(states, lanes: int) -> list:
+    """Per-lane host copies. Copies, not views: the device buffers are donated to the next epoch."""
     host = jax.device_get(states)
-    return [jax.tree.map(lambda a: a[i], host) for i in range(lanes)]
+    return [jax.tree.map(lambda a: np.array(a[i]), host) for i in range(lanes)]

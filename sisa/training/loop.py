@@ -8,6 +8,7 @@ resumes from the last checkpoint saved. All lanes train together in one vmapped 
 
 from __future__ import annotations
 
+import concurrent.futures
 import sys
 import time
 
@@ -96,6 +97,7 @@ def complete(wd, *, only=None, progress: bool = True) -> dict:
     shard_ids = ens.place(np.asarray(lanes, np.int32))
     counts = store.counts(shards, slices).cumsum(axis=1)  # examples in slices 0..r per shard
 
+    saver, saves = concurrent.futures.ThreadPoolExecutor(max_workers=1), []
     for stage in range(int(start[real].min()), slices):
         active = real & (start <= stage)
         epochs = cfg.epochs_for_stage(stage)
@@ -117,7 +119,11 @@ def complete(wd, *, only=None, progress: bool = True) -> dict:
         host = unstack(states, width)
         for lane in np.flatnonzero(active):
             s = lanes[lane]
-            ckpts[s].save(stage, host[lane], wd.lineage(s, stage, store))
+            # Saved by one background thread, in order, while the next stage trains.
+            saves.append(saver.submit(ckpts[s].save, stage, host[lane], wd.lineage(s, stage, store)))
+    saver.shutdown(wait=True)
+    for done in saves:
+        done.result()  # re-raise a failed save here
     for s in todo:
         ckpts[s].wait()
     report["seconds"] = time.perf_counter() - t0
