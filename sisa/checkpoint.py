@@ -46,6 +46,9 @@ class ShardCheckpoints:
         self.shard = shard
         self.directory = Path(root) / f"shard_{shard:04d}"
         self.abstract_state = abstract_state
+        # Checkpoints this object restored and checked, so recovery's integrity check and the
+        # serving that follows it in one command read each file once. Saves and deletes drop them.
+        self._verified: dict[int, tuple] = {}
 
     @functools.cached_property
     def manager(self):
@@ -74,6 +77,7 @@ class ShardCheckpoints:
         ocp = self._ocp
         if stage in self.manager.all_steps():
             self.delete(stage)  # save() on an existing step silently does nothing
+        self._verified.pop(stage, None)
         lineage = {**lineage, "state_digest": state_digest(state)}
         self.manager.save(
             stage, args=ocp.args.Composite(state=ocp.args.StandardSave(state), lineage=ocp.args.JsonSave(lineage))
@@ -81,6 +85,8 @@ class ShardCheckpoints:
         crash_point("after-save-started")  # the async write may still be in flight
 
     def restore(self, stage: int):
+        if stage in self._verified:
+            return self._verified[stage]
         ocp = self._ocp
         self.manager.wait_until_finished()
         try:
@@ -94,6 +100,7 @@ class ShardCheckpoints:
             raise CheckpointCorrupted(f"checkpoint of shard {self.shard} stage {stage} is unreadable: {e}") from None
         if out.lineage.get("state_digest") != state_digest(out.state):
             raise CheckpointCorrupted(f"checkpoint of shard {self.shard} stage {stage} does not match its digest")
+        self._verified[stage] = (out.state, out.lineage)
         return out.state, out.lineage
 
     def lineage(self, stage: int) -> dict:
@@ -105,6 +112,7 @@ class ShardCheckpoints:
             raise CheckpointCorrupted(f"lineage of shard {self.shard} stage {stage} is unreadable: {e}") from None
 
     def delete(self, stage: int) -> None:
+        self._verified.pop(stage, None)
         self.manager.wait_until_finished()
         self.manager.delete(stage)
 
