@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sisa.cluster import collective
 from sisa.config import Config
 from sisa.errors import SisaError
 from sisa.workdir import MANIFEST, Workdir
@@ -33,6 +34,7 @@ def _recovered(workdir, progress: bool = False) -> Workdir:
     return wd
 
 
+@collective
 def train(workdir, config: Config | None = None, *, dataset=None, progress: bool = True) -> dict:
     """Train (or finish training) the run in `workdir`.
 
@@ -64,6 +66,7 @@ def train(workdir, config: Config | None = None, *, dataset=None, progress: bool
             **done["trained"]}
 
 
+@collective
 def forget(workdir, ids, *, request: str | None = None, reason: str | None = None, progress: bool = True) -> dict:
     """Forget examples by id: afterwards the served ensemble equals training without them."""
     from sisa.unlearn import exact
@@ -73,6 +76,7 @@ def forget(workdir, ids, *, request: str | None = None, reason: str | None = Non
         return exact.forget(wd, ids, request=request, reason=reason, progress=progress)
 
 
+@collective
 def predict(workdir, x: np.ndarray, aggregation: str | None = None) -> dict:
     """Per-class probabilities and labels for inputs `x` ([N, ...] as in training)."""
     from sisa import serve
@@ -80,6 +84,7 @@ def predict(workdir, x: np.ndarray, aggregation: str | None = None) -> dict:
     return serve.predict(_recovered(workdir), x, aggregation)
 
 
+@collective
 def evaluate(workdir, aggregation: str | None = None) -> dict:
     """Test accuracy per shard and aggregated."""
     from sisa import serve
@@ -131,6 +136,7 @@ def ledger(workdir) -> dict:
     return {"head": lg.head(), "entries": lg.entries()}
 
 
+@collective
 def verify(workdir, shards=None, *, progress: bool = True) -> dict:
     """Ledger chain, lineage of every checkpoint, and a bitwise retrain of `shards` from scratch."""
     from sisa.verification import certificate

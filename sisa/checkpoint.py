@@ -53,11 +53,22 @@ class ShardCheckpoints:
     @functools.cached_property
     def manager(self):
         """Made on first use: listing stages needs no manager, and making one costs ~50 ms."""
+        import jax
+
         ocp = self._ocp
+        # In a cluster each process writes its own shards' checkpoints on its own: orbax must
+        # neither wait for the other processes nor leave the writing to process 0.
+        me = jax.process_index()
+        alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+        self.directory.mkdir(parents=True, exist_ok=True)
         return ocp.CheckpointManager(
             self.directory.absolute(),
-            options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True),
-            item_names=("state", "lineage"),
+            options=ocp.CheckpointManagerOptions(
+                create=False, enable_async_checkpointing=True, multiprocessing_options=alone),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(multiprocessing_options=alone),
+                "lineage": ocp.JsonCheckpointHandler(multiprocessing_options=alone),
+            },
         )
 
     def stages(self) -> list[int]:

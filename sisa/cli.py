@@ -12,11 +12,11 @@ from sisa.errors import SisaError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sisa", description="Exact machine unlearning by SISA training.")
+    p = argparse.ArgumentParser(prog="sisa", description="Exact machine unlearning by SISA training.", allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(name, help, workdir=True):
-        c = sub.add_parser(name, help=help, description=help)
+        c = sub.add_parser(name, help=help, description=help, allow_abbrev=False)  # `--ids` is not `--ids-file`
         if workdir:
             c.add_argument("--workdir", required=True, help="the run's directory")
         c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -158,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.json:
         print(json.dumps(result, default=_jsonable))
+    elif result.get("role") == "follower":  # a cluster process other than the leader (sisa.cluster)
+        print(f"process {result['process']}: trained shards {result['shards_trained'] or 'none'} for the leader")
     else:
         from sisa.report import render
 
         print(render(args.command, result))
-    failed = (args.command == "verify" and result["verdict"] != "verified") or (
+    failed = (args.command == "verify" and result.get("verdict", "verified") != "verified") or (
         args.command == "audit" and not result["clean"])
     return 1 if failed else 0
 

@@ -9,12 +9,16 @@ from pathlib import Path
 
 @functools.cache
 def setup() -> None:
-    """Persistent compilation cache, so a fresh process reuses compiled programs.
+    """Join a cluster if the environment names one (sisa.cluster); persistent compilation
+    cache, so a fresh process reuses compiled programs.
 
     SISA_CACHE_DIR picks the directory ("off" disables); compiled programs hold no data.
     """
     import jax
 
+    from sisa import cluster
+
+    cluster.initialize()
     where = os.environ.get("SISA_CACHE_DIR", str(Path.home() / ".cache" / "sisa" / "xla"))
     if where != "off":
         jax.config.update("jax_compilation_cache_dir", where)

@@ -72,7 +72,7 @@ def certificate(wd, shards=None, *, progress: bool = True) -> dict:
         shutil.copy(wd.manifest_path, scratch.manifest_path)
         shutil.copy(wd.config_path, scratch.config_path)
         shutil.copytree(wd.root / "data", scratch.root / "data")
-        complete(scratch, only=chosen, progress=progress)
+        complete(scratch, only=chosen, progress=progress, spread=False)  # a local scratch copy
         rebuilt = final_digests(scratch)
     per_shard = {s: {"served": served[s], "retrained": rebuilt[s],
                      "identical": served[s] not in (None, "corrupted") and served[s] == rebuilt[s]} for s in chosen}

@@ -183,6 +183,13 @@ class Workdir:
         abstract = self.trainer.abstract_state
         return [ShardCheckpoints(self.checkpoint_root, s, abstract) for s in range(self.config.partition.shards)]
 
+    def reload_checkpoints(self) -> None:
+        """Drop the checkpoint handles (their orbax managers cache the step list), so that
+        checkpoints written by other processes are seen."""
+        for ckpt in self.__dict__.pop("checkpoints", []):
+            if "manager" in ckpt.__dict__:
+                ckpt.close()
+
     def lineage(self, shard: int, stage: int, store: Store) -> dict:
         from sisa.checkpoint import lineage_digest
 

@@ -40,7 +40,7 @@ class Ensemble:
         self.devices = devices
         init = jax.vmap(trainer.init)
         epoch = jax.vmap(trainer.epoch, in_axes=(0, 0, 0, None, None, 0))
-        self.mesh = Mesh(np.array(jax.devices()[:devices]), ("ens",))
+        self.mesh = Mesh(np.array(jax.local_devices()[:devices]), ("ens",))  # this process's own
         self.lane_sharding = NamedSharding(self.mesh, P("ens"))
         if devices > 1:
             lanes = P("ens")

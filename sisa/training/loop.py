@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from sisa.checkpoint import CheckpointCorrupted
 from sisa.faults import crash_point
-from sisa import runtime
+from sisa import cluster, runtime
 from sisa.training.ensemble import ensemble_for, stack, unstack
 
 
@@ -61,16 +61,33 @@ def repair(wd) -> list[int]:
     return broken
 
 
-def complete(wd, *, only=None, progress: bool = True) -> dict:
-    """Train every shard (of `only`, default all) whose latest checkpoint is before the last stage."""
+def complete(wd, *, only=None, progress: bool = True, spread: bool = True) -> dict:
+    """Train every shard (of `only`, default all) whose latest checkpoint is before the last
+    stage. In a cluster (`spread`), each process trains its own shards; see sisa.cluster."""
+    last = wd.config.partition.slices - 1
+    todo = [c.shard for c in wd.checkpoints if c.latest() < last and (only is None or c.shard in only)]
+    if not spread or cluster.count() == 1:
+        return train_shards(wd, todo, progress=progress)
+    t0 = time.perf_counter()
+    reports = cluster.complete_everywhere(wd.root, todo, lambda mine: train_shards(wd, mine, progress=progress))
+    wd.reload_checkpoints()  # other processes wrote checkpoints this one's handles have not seen
+    return {
+        "shards_trained": sorted(s for r in reports for s in r["shards_trained"]),
+        "stages_trained": {int(s): st for r in reports for s, st in r["stages_trained"].items()},
+        "examples_epochs": sum(r["examples_epochs"] for r in reports),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
+    """Bring shards `todo` to the last stage in this process, all in one vmapped program."""
     t0 = time.perf_counter()
     cfg = wd.config
     shards, slices = cfg.partition.shards, cfg.partition.slices
     ckpts = wd.checkpoints
-    for c in ckpts:
-        c.remove_temporaries()  # an interrupted save's leftovers: never restored, never kept
+    for s in todo:
+        ckpts[s].remove_temporaries()  # an interrupted save's leftovers: never restored, never kept
     latest = [c.latest() for c in ckpts]
-    todo = [s for s in range(shards) if latest[s] < slices - 1 and (only is None or s in only)]
     report = {
         "shards_trained": todo,
         "stages_trained": {},
@@ -120,7 +137,8 @@ def complete(wd, *, only=None, progress: bool = True) -> dict:
         for lane in np.flatnonzero(active):
             s = lanes[lane]
             # Saved by one background thread, in order, while the next stage trains.
-            saves.append(saver.submit(ckpts[s].save, stage, host[lane], wd.lineage(s, stage, store)))
+            lineage = {**wd.lineage(s, stage, store), "process": cluster.index()}
+            saves.append(saver.submit(ckpts[s].save, stage, host[lane], lineage))
     saver.shutdown(wait=True)
     for done in saves:
         done.result()  # re-raise a failed save here
