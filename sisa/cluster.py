@@ -24,7 +24,7 @@ from sisa.errors import SisaError
 
 # Followers wait for the leader's next request while it trains its own shards; 24 h by
 # default (SISA_CLUSTER_TIMEOUT, seconds).
-_TIMEOUT_MS = int(float(os.environ.get("SISA_CLUSTER_TIMEOUT", 86400)) * 1000)
+_TIMEOUT_MS = int(float(os.environ.get("SISA_CLUSTER_TIMEOUT", "86400")) * 1000)
 
 
 @functools.cache

@@ -77,6 +77,7 @@ def forget(wd, ids, *, request: str | None = None, reason: str | None = None, pr
 def carry_out(wd, entry: dict, *, progress: bool = True) -> dict:
     """Bring one ledger entry to `committed`. Every step is safe to repeat."""
     ledger = Ledger(wd.ledger_path)
+    fresh = entry["state"] == "requested"  # nothing retrained yet: no checkpoint can be this request's
     store = wd.store()
     if store.contains(entry["ids"]).any():
         store = store.without(entry["ids"])
@@ -89,7 +90,7 @@ def carry_out(wd, entry: dict, *, progress: bool = True) -> dict:
         # Stale stages are deleted newest first, so if the first stage kept from `stage` on is
         # clean, all later ones are this request's retraining, already done: keep them.
         first = next((k for k in ckpt.stages() if k >= stage), None)
-        if first is not None and _clean(ckpt, first, entry["ids"]):
+        if first is not None and not fresh and _clean(ckpt, first, entry["ids"]):
             continue
         ckpt.delete_from(stage)
     trained = complete(wd, progress=progress)
