@@ -1,4 +1,4 @@
-"""Process-wide JAX settings, applied once, when a command first needs JAX."""
+"""Process-wide settings: cluster membership, the compiled-program cache, devices."""
 
 from __future__ import annotations
 
@@ -9,21 +9,17 @@ from pathlib import Path
 
 @functools.cache
 def setup() -> None:
-    """Join a cluster if the environment names one (sisa.cluster); persistent compilation
-    cache, so a fresh process reuses compiled programs.
-
-    SISA_CACHE_DIR picks the directory ("off" disables); compiled programs hold no data.
-    """
-    import jax
-
+    """Join a cluster if the environment names one (sisa.cluster)."""
     from sisa import cluster
 
     cluster.initialize()
-    where = os.environ.get("SISA_CACHE_DIR", str(Path.home() / ".cache" / "sisa" / "xla"))
-    if where != "off":
-        jax.config.update("jax_compilation_cache_dir", where)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def cache_dir() -> Path | None:
+    """Where compiled programs are kept across processes (sisa.training.aot): SISA_CACHE_DIR,
+    default ~/.cache/sisa/programs; "off" keeps none. Programs hold no training data."""
+    where = os.environ.get("SISA_CACHE_DIR", str(Path.home() / ".cache" / "sisa" / "programs"))
+    return None if where == "off" else Path(where)
 
 
 def device_count(shards: int) -> int:

@@ -104,6 +104,40 @@ def test_train_and_many_forgets_compile_few_programs(tiny_ds, tiny_cfg, tmp_path
         for slc in range(3):
             sisa.forget(root, store.ids[(store.shard == shard) & (store.slice == slc)][:1].tolist(), progress=False)
     ens = ensemble_for(wd.trainer, 1)  # conftest: SISA_DEVICES=1
-    assert ens.epoch._cache_size() == 2  # 3 lanes (train) + 2 lanes (every forget)
-    assert ens.init._cache_size() == 2
+    assert ens.epoch.programs() == 2  # 3 lanes (train) + 2 lanes (every forget)
+    assert ens.init.programs() == 2
     assert len(_LOWERINGS) <= 6, len(_LOWERINGS)  # those four, and no per-call helpers
+
+
+_FRESH_FORGET = """
+import json, sys, jax
+events = []
+jax.monitoring.register_event_duration_secs_listener(lambda e, s, **_: events.append(e))
+import sisa
+sisa.forget(sys.argv[1], [int(sys.argv[2])], progress=False)
+print(json.dumps({e: events.count(e) for e in set(events)}))
+"""
+
+
+def test_fresh_process_loads_stored_programs_and_gets_the_same_bits(tiny_ds, tiny_cfg, tmp_path):
+    """A fresh process neither traces nor compiles the training programs another one stored
+    (sisa.training.aot), and the loaded programs compute the same bits."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cfg = tiny_cfg.replace(train={"seed": 11})  # programs no other test stored
+    a, b = tmp_path / "a", tmp_path / "b"
+    sisa.train(a, cfg, dataset=tiny_ds, progress=False)
+    shutil.copytree(a, b)
+    victim = int(Workdir.open(a).store().ids[5])
+    sisa.forget(a, [victim], progress=False)  # this process compiles and stores the 2-lane programs
+    run = subprocess.run([sys.executable, "-c", _FRESH_FORGET, str(b), str(victim)], capture_output=True, text=True,
+                         env={**os.environ, "SISA_DEVICES": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    events = json.loads(run.stdout.strip().splitlines()[-1])
+    assert events.get("/jax/core/compile/backend_compile_duration", 0) == 0, events
+    assert events.get("/jax/core/compile/jaxpr_to_mlir_module_duration", 0) == 0, events
+    assert final_digests(Workdir.open(a)) == final_digests(Workdir.open(b))

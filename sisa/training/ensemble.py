@@ -21,6 +21,7 @@ import functools
 import jax
 import numpy as np
 
+from sisa.training.aot import Program
 from sisa.training.step import ShardTrainer
 
 
@@ -52,10 +53,13 @@ class Ensemble:
         # Fixed shardings in and out: a call with freshly placed inputs and a call with the
         # previous epoch's outputs hit the same compiled program.
         lane = self.lane_sharding
-        self.init = jax.jit(init, in_shardings=lane, out_shardings=lane)
-        self.epoch = jax.jit(epoch, in_shardings=(lane, lane, lane, None, None, lane), out_shardings=(lane, lane),
-                             donate_argnums=0)
-        self._logits = jax.jit(jax.vmap(trainer.logits, in_axes=(0, None)))
+        key = f"{trainer.cfg.digest()}|{trainer.input_shape}|{trainer.num_classes}|{trainer.scale}|{devices}"
+        used = list(self.mesh.devices.flat)
+        self.init = Program("init", jax.jit(init, in_shardings=lane, out_shardings=lane), key, used)
+        self.epoch = Program("epoch", jax.jit(
+            epoch, in_shardings=(lane, lane, lane, None, None, lane), out_shardings=(lane, lane), donate_argnums=0), key, used)
+        softmax = jax.vmap(lambda params, x: jax.nn.softmax(trainer.logits(params, x), axis=-1), in_axes=(0, None))
+        self._probabilities = Program("probabilities", jax.jit(softmax), key, used[:1])
 
     def width(self, shards_to_train: int, shards: int) -> int:
         return lane_bucket(shards_to_train, shards, self.devices)
@@ -70,8 +74,7 @@ class Ensemble:
         for start in range(0, len(x), batch):
             chunk = x[start : start + batch]
             pad = np.zeros((batch - len(chunk), *x.shape[1:]), x.dtype)
-            logits = self._logits(params, np.concatenate([chunk, pad]))
-            out.append(np.asarray(jax.nn.softmax(logits, axis=-1))[:, : len(chunk)])
+            out.append(np.asarray(self._probabilities(params, np.concatenate([chunk, pad])))[:, : len(chunk)])
         if not out:
             return np.zeros((jax.tree.leaves(params)[0].shape[0], 0, self.trainer.num_classes), np.float32)
         return np.concatenate(out, axis=1)
