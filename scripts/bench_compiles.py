@@ -17,7 +17,9 @@
      fresh, cold cache   `sisa forget` in a new process with an empty compile cache;
      fresh, warm cache   the same with a cache that already holds the programs;
      in process, warm    `sisa.forget` in this process after a first, untimed, forget.
-   Target: fresh process (warm cache) <= 2 x in process, warm.
+   Target: fresh process (warm cache) <= 2 x in process, warm; judged for the forget call in
+   the fresh process (the cold start a cache can remove) and, separately, for the whole
+   process, whose interpreter start and imports alone cost more than two warm forgets.
    Where the time of a fresh process goes is measured by an instrumented child that runs the
    same `sisa.forget` (the CLI's path) and times, in order: importing jax, flax.nnx + optax,
    orbax.checkpoint, sisa's modules, starting the CPU backend, then the forget itself, split
@@ -247,8 +249,11 @@ def latency(args, root: Path, log) -> dict:
                 "compiles": [r["compiles"] for r in rs], "cache_hits": [r["cache_hits"] for r in rs],
                 "datasets_imported": any(r["datasets_imported"] for r in rs)}
 
+    call = med(r["forget_s"] for r in runs["warm_probe"])  # the forget itself, imports done
     return {
         "fresh_cold_cache_s": cold, "fresh_warm_cache_s": warm, "in_process_warm_s": inproc,
+        "fresh_warm_cache_forget_call_s": call, "fresh_call_over_in_process": call / inproc,
+        "meets_target_forget_call": call <= TARGET_FRESH_OVER_WARM * inproc,
         "all": {k: v for k, v in runs.items() if k.endswith("cli") or k == "in_process"},
         "fresh_warm_over_in_process": warm / inproc, "fresh_cold_over_in_process": cold / inproc,
         "meets_target": warm <= TARGET_FRESH_OVER_WARM * inproc,
@@ -277,10 +282,12 @@ def print_tables(out: dict) -> None:
     print(f"{'':34}{'seconds':>9}{'/ in process':>13}")
     for name, s in (("fresh process, empty cache (CLI)", lt["fresh_cold_cache_s"]),
                     ("fresh process, warm cache (CLI)", lt["fresh_warm_cache_s"]),
+                    ("  its forget call (imports done)", lt["fresh_warm_cache_forget_call_s"]),
                     ("in process, warm", lt["in_process_warm_s"])):
         print(f"{name:34}{s:>9.2f}{s / lt['in_process_warm_s']:>13.1f}")
-    print(f"target {'met' if lt['meets_target'] else 'NOT met'}; python -c pass {lt['python_bare_s']:.2f} s, "
-          f"python -c 'import jax' {lt['python_import_jax_s']:.2f} s")
+    print(f"target: the forget in a fresh process {'met' if lt['meets_target_forget_call'] else 'NOT met'}; "
+          f"the whole process {'met' if lt['meets_target'] else 'NOT met'} (python -c pass {lt['python_bare_s']:.2f} s, "
+          f"python -c 'import jax' {lt['python_import_jax_s']:.2f} s)")
     print()
     print("where a fresh process's time goes (instrumented child, medians):")
     cold, warm = lt["breakdown_cold_cache"], lt["breakdown_warm_cache"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -177,5 +178,19 @@ def _jsonable(o):
     raise TypeError(type(o).__name__)
 
 
+def entry() -> None:
+    """The `sisa` command. Once the result is out, skip the interpreter's teardown (~0.3 s of
+    JAX and orbax clean-up): by then every file the command wrote is closed and synced. In a
+    cluster, exit normally so that jax.distributed shuts down in order."""
+    from sisa import cluster
+
+    code = main()
+    if cluster.joined():
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -44,6 +44,15 @@ def initialize() -> None:
         jax.distributed.initialize()  # cluster auto-detection
     if jax.process_count() > 1:
         _write_numpy_locally()
+    _JOINED.append(True)
+
+
+_JOINED: list[bool] = []
+
+
+def joined() -> bool:
+    """Whether this process joined a cluster (jax.distributed is running)."""
+    return bool(_JOINED)
 
 
 def count() -> int:
