@@ -6,8 +6,8 @@ still ~0.3 s with JAX's persistent compilation cache (which saves the compile on
 much as a whole small deletion. Here each program is kept as a serialized executable
 (`jax.experimental.serialize_executable`) in `runtime.cache_dir()`, keyed by everything it
 is built from: the function, the trainer (config digest and data shape), the argument
-shapes, dtypes and shardings, the devices, XLA_FLAGS, the JAX version and sisa's own
-source. Programs hold no training data. The files are pickles and executables: trust the
+shapes, dtypes and shardings, the devices and host CPU, XLA_FLAGS, the JAX version and
+sisa's own source. Programs hold no training data. The files are pickles and executables: trust the
 cache directory as you would trust JAX's own.
 
 An executable that JAX itself loaded from its persistent cache (if a user turns that on)
@@ -50,6 +50,19 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def _host() -> str:
+    """The machine a CPU executable is compiled for: a shared cache directory may be read from
+    hosts with other instruction sets."""
+    import platform
+
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return f"{platform.machine()}|{hashlib.sha256(flags.encode()).hexdigest()[:16]}"
+
+
 def _describe(x) -> str:
     if isinstance(x, jax.Array):
         return f"{x.dtype}{x.shape}{x.sharding}"
@@ -84,7 +97,8 @@ class Program:
             return self.jitted.lower(*args).compile()
         digest = hashlib.sha256("\n".join([
             self.name, self.key, signature, jax.__version__, importlib.metadata.version("jaxlib"),
-            str([(d.platform, d.device_kind, d.id) for d in self.devices]),
+            str([(d.platform, d.device_kind, d.id) for d in self.devices]), self.devices[0].client.platform_version,
+            _host(),
             os.environ.get("XLA_FLAGS", ""), _code_digest(),
         ]).encode()).hexdigest()
         path = directory / f"{self.name}-{digest[:32]}.jaxexe"
