@@ -74,7 +74,8 @@ class Recorder:
 
     def _site(self) -> str:
         for f in reversed(traceback.extract_stack()):
-            if f.filename.startswith(self.package):
+            # the first sisa line outside the program cache, which compiles for its callers
+            if f.filename.startswith(self.package) and not f.filename.endswith("aot.py"):
                 return f"{f.filename[len(self.package):]}:{f.lineno}"
         return "?"
 

@@ -58,14 +58,17 @@ class ShardCheckpoints:
 
         ocp = self._ocp
         # In a cluster each process writes its own shards' checkpoints on its own: orbax must
-        # neither wait for the other processes nor leave the writing to process 0.
+        # neither wait for the other processes nor leave the writing to process 0. Nor save
+        # asynchronously there: orbax's async saves signal through the cluster's key-value
+        # store under keys numbered per process, which collide between processes that save
+        # independently (a save then waits forever). Saves run in a background thread anyway.
         me = jax.process_index()
         alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
         self.directory.mkdir(parents=True, exist_ok=True)
         return ocp.CheckpointManager(
             self.directory.absolute(),
             options=ocp.CheckpointManagerOptions(
-                create=False, enable_async_checkpointing=True, multiprocessing_options=alone),
+                create=False, enable_async_checkpointing=jax.process_count() == 1, multiprocessing_options=alone),
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(multiprocessing_options=alone),
                 "lineage": ocp.JsonCheckpointHandler(multiprocessing_options=alone),

@@ -17,6 +17,7 @@ SISA_DISTRIBUTED=1 where JAX detects the cluster itself (SLURM, Open MPI, TPU po
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 
@@ -116,26 +117,21 @@ def _write_numpy_locally() -> None:
         absl.setLevel(level)
 
 
-class _Session:
-    """The leader's side: numbered requests, one key each, and one report key per follower."""
-
-    def __init__(self):
-        self.requests = 0
-
-    def post(self, message: dict) -> str:
-        key = f"sisa/request/{self.requests}"
-        self.requests += 1
-        _client().key_value_set(key, json.dumps(message))
-        return key
+# Requests are numbered alike on every process: request n is posted under "sisa/request/n",
+# and process p's report on it under "sisa/request/n/p".
+_requests = itertools.count()
 
 
-_session = _Session()
+def _post(message: dict) -> str:
+    key = f"sisa/request/{next(_requests)}"
+    _client().key_value_set(key, json.dumps(message))
+    return key
 
 
 def complete_everywhere(root, todo: list[int], train_own) -> list[dict]:
     """Leader: have every process train its shards of `todo`; returns every process's report
     (the leader's first). `train_own(shards)` trains this process's part."""
-    key = _session.post({"op": "complete", "root": str(root), "todo": todo})
+    key = _post({"op": "complete", "root": str(root), "todo": todo})
     reports = [train_own(owned(todo))]
     failures = []
     for p in range(1, count()):
@@ -150,7 +146,7 @@ def complete_everywhere(root, todo: list[int], train_own) -> list[dict]:
 
 def dismiss() -> None:
     """Leader: the command is over; followers return."""
-    _session.post({"op": "exit"})
+    _post({"op": "exit"})
 
 
 def follow() -> dict:
@@ -158,18 +154,20 @@ def follow() -> dict:
     from sisa.training.loop import train_shards
     from sisa.workdir import Workdir
 
-    me, trained = index(), []
+    me, trained, errors = index(), [], []
     while True:
-        key = f"sisa/request/{_session.requests}"
-        _session.requests += 1
+        key = f"sisa/request/{next(_requests)}"
         message = json.loads(_client().blocking_key_value_get(key, _TIMEOUT_MS))
         if message["op"] == "exit":
+            if errors:
+                raise SisaError(f"process {me}: " + "; ".join(errors))
             return {"process": me, "role": "follower", "shards_trained": sorted(set(trained))}
         try:
             report = train_shards(Workdir.open(message["root"]), owned(message["todo"]), progress=False)
             trained += report["shards_trained"]
         except Exception as e:  # reported to the leader, which fails the command
             report = {"error": f"{type(e).__name__}: {e}"}
+            errors.append(report["error"])
         _client().key_value_set(f"{key}/{me}", json.dumps(report))
 
 
