@@ -141,3 +141,40 @@ def test_fresh_process_loads_stored_programs_and_gets_the_same_bits(tiny_ds, tin
     assert events.get("/jax/core/compile/backend_compile_duration", 0) == 0, events
     assert events.get("/jax/core/compile/jaxpr_to_mlir_module_duration", 0) == 0, events
     assert final_digests(Workdir.open(a)) == final_digests(Workdir.open(b))
+
+
+def test_damaged_stored_programs_are_compiled_afresh(tiny_ds, tiny_cfg, tmp_path):
+    """A truncated program file in the cache costs a compile, never a wrong or failed run."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cache = tmp_path / "programs"
+    env = {**os.environ, "SISA_DEVICES": "1", "SISA_CACHE_DIR": str(cache)}
+    cfg = tiny_cfg.replace(train={"seed": 13})
+    a, b = tmp_path / "a", tmp_path / "b"
+    sisa.train(a, cfg, dataset=tiny_ds, progress=False)
+    shutil.copytree(a, b)
+    victim = int(Workdir.open(a).store().ids[7])
+
+    def run():
+        return subprocess.run([sys.executable, "-c", _FRESH_FORGET, str(b), str(victim)], capture_output=True,
+                              text=True, env=env)
+
+    first = run()  # stores the 2-lane programs in the fresh cache
+    assert first.returncode == 0, first.stderr[-2000:]
+    stored = sorted(cache.glob("*.jaxexe"))
+    assert stored
+    for path in stored:
+        path.write_bytes(path.read_bytes()[:100])
+    shutil.rmtree(b)
+    shutil.copytree(a, b)
+    second = run()
+    assert second.returncode == 0, second.stderr[-2000:]
+    events = json.loads(second.stdout.strip().splitlines()[-1])
+    assert events.get("/jax/core/compile/backend_compile_duration", 0) >= 2  # init and epoch, again
+    sisa.forget(a, [victim], progress=False)
+    assert final_digests(Workdir.open(a)) == final_digests(Workdir.open(b))
+    assert all(p.stat().st_size > 100 for p in cache.glob("*.jaxexe"))  # rewritten whole
