@@ -87,7 +87,7 @@ def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
     ckpts = wd.checkpoints
     for s in todo:
         ckpts[s].remove_temporaries()  # an interrupted save's leftovers: never restored, never kept
-    latest = [c.latest() for c in ckpts]
+    latest = {s: ckpts[s].latest() for s in todo}  # the caller chose `todo`: list only those
     report = {
         "shards_trained": todo,
         "stages_trained": {},
