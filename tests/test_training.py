@@ -95,7 +95,7 @@ def test_train_and_many_forgets_compile_few_programs(tiny_ds, tiny_cfg, tmp_path
     cfg = tiny_cfg.replace(train={"seed": 7})  # a trainer no other test compiled
     root = tmp_path / "run"
     jax.monitoring.register_event_duration_secs_listener(_count_lowering)
-    # Every program built, compiled or loaded from the persistent cache, is lowered once.
+    # A trainer no other test built, so every program here is lowered and compiled, once each.
     _LOWERINGS.clear()
     sisa.train(root, cfg, dataset=tiny_ds, progress=False)
     wd = Workdir.open(root)

@@ -53,7 +53,7 @@ class Ensemble:
         # Fixed shardings in and out: a call with freshly placed inputs and a call with the
         # previous epoch's outputs hit the same compiled program.
         lane = self.lane_sharding
-        key = f"{trainer.cfg.digest()}|{trainer.input_shape}|{trainer.num_classes}|{trainer.scale}|{devices}"
+        key = f"{trainer.cfg.digest()}|{trainer.input_shape}|{trainer.num_classes}|{trainer.scale}"  # devices: Program's own
         used = list(self.mesh.devices.flat)
         self.init = Program("init", jax.jit(init, in_shardings=lane, out_shardings=lane), key, used)
         self.epoch = Program("epoch", jax.jit(
