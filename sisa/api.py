@@ -19,31 +19,17 @@ def _open(workdir) -> Workdir:
     return Workdir.open(workdir)
 
 
-def _recovered(workdir, progress: bool = False) -> Workdir:
-    """Open and recover, unless another process is writing: then serve what is safe as it is
-    (pending shards are left out of the aggregate and named)."""
-    from sisa.unlearn.exact import recover
-    from sisa.workdir import WorkdirBusy
-
-    wd = _open(workdir)
-    try:
-        with wd.lock():
-            recover(wd, progress=progress)
-    except WorkdirBusy:
-        pass
-    return wd
-
-
 @collective
-def train(workdir, config: Config | None = None, *, dataset=None, progress: bool = True) -> dict:
+def train(workdir, config: Config | None = None, *, dataset=None, progress: bool = True,
+          allow_environment_change: bool = False) -> dict:
     """Train (or finish training) the run in `workdir`.
 
     A new workdir is created for `config` (default: `Config()`) on `dataset` (a `Dataset`;
-    default: the one the config names). An existing one is resumed if `config` matches it.
+    default: the one the config names). An existing one is resumed if `config` matches it:
+    unfinished requests are carried out, damaged final checkpoints rebuilt, missing stages trained.
     """
-    from sisa import runtime
+    from sisa import reconcile, runtime
     from sisa.data import datasets
-    from sisa.unlearn.exact import recover
 
     runtime.setup()
     root = Path(workdir)
@@ -51,8 +37,10 @@ def train(workdir, config: Config | None = None, *, dataset=None, progress: bool
         wd = Workdir.open(root)
         if config is not None:
             wd.check_config(config)
-        if dataset is not None and dataset.fingerprint() != wd.manifest["dataset"]["fingerprint"]:
-            raise SisaError(f"workdir {root} was trained on a different data set")
+        if dataset is not None:
+            from sisa.deletion_ledger import Ledger
+
+            wd.store().check_source(dataset, Ledger(wd.ledger_path).forgotten(), str(root))
     else:
         config = config or Config()
         if dataset is None:
@@ -61,39 +49,44 @@ def train(workdir, config: Config | None = None, *, dataset=None, progress: bool
             raise SisaError(f"config says {config.data.num_classes} classes, the data set has {dataset.num_classes}")
         wd = Workdir.create(root, config, dataset)
     with wd.lock():
-        done = recover(wd, progress=progress)  # finishes requests, repairs, trains what is missing
-    return {"workdir": str(root), "recovered_entries": done["entries"], "repaired_shards": done["repaired_shards"],
-            **done["trained"]}
+        done = reconcile.reconcile(wd, check_final_files=True, allow_environment_change=allow_environment_change,
+                                   progress=progress)
+    return {"workdir": str(root), "recovered_entries": done["committed"], "dropped_stages": done["dropped"],
+            "plan": done["plan"], **done["trained"]}
 
 
 @collective
-def forget(workdir, ids, *, request: str | None = None, reason: str | None = None, progress: bool = True) -> dict:
+def forget(workdir, ids, *, request: str | None = None, reason: str | None = None, progress: bool = True,
+           allow_environment_change: bool = False) -> dict:
     """Forget examples by id: afterwards the served ensemble equals training without them."""
     from sisa.unlearn import exact
 
     wd = _open(workdir)
     with wd.lock():
-        return exact.forget(wd, ids, request=request, reason=reason, progress=progress)
+        return exact.forget(wd, ids, request=request, reason=reason, progress=progress,
+                            allow_environment_change=allow_environment_change)
 
 
 @collective
 def predict(workdir, x: np.ndarray, aggregation: str | None = None) -> dict:
-    """Per-class probabilities and labels for inputs `x` ([N, ...] as in training)."""
+    """Per-class probabilities and labels for inputs `x` ([N, ...], in the units of the training
+    data). Reads only: shards with pending work are left out and named."""
     from sisa import serve
 
-    return serve.predict(_recovered(workdir), x, aggregation)
+    return serve.predict(_open(workdir), x, aggregation)
 
 
 @collective
 def evaluate(workdir, aggregation: str | None = None) -> dict:
-    """Test accuracy per shard and aggregated."""
+    """Test accuracy per shard and aggregated. Reads only, as `predict`."""
     from sisa import serve
 
-    return serve.evaluate(_recovered(workdir), aggregation)
+    return serve.evaluate(_open(workdir), aggregation)
 
 
 def status(workdir) -> dict:
-    """Shards, slices, examples per shard and slice, deletions, disk use. Reads no model."""
+    """Shards, slices, examples per shard and slice, deletions, disk use, pending work. Reads no model."""
+    from sisa import reconcile
     from sisa.fsutil import disk_usage
     from sisa.deletion_ledger import Ledger
 
@@ -118,6 +111,8 @@ def status(workdir) -> dict:
             "data": disk_usage(wd.root / "data"),
         },
         "config_digest": wd.manifest["config_digest"],
+        "environment": wd.manifest["environment"],
+        "pending_plan": reconcile.plan(reconcile.snapshot(wd, environment=False)[0]).describe(),
     }
 
 

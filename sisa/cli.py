@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--ids-file", help="file of ids, whitespace- or comma-separated")
     f.add_argument("--request", help="reference of the erasure request (kept in the ledger)")
     f.add_argument("--reason", help="reason (kept in the ledger)")
+    for c in (t, f):
+        c.add_argument("--allow-environment-change", action="store_true",
+                       help="go on although library versions or backend differ from training (recorded in the ledger)")
 
     pr = cmd("predict", "per-class probabilities and labels for inputs")
     pr.add_argument("--input", required=True, help=".npy file of inputs [N, ...]")
@@ -107,12 +111,44 @@ def _ids(args) -> list[int]:
 
 
 def _load_input(path: str) -> np.ndarray:
+    """The numeric array [N, ...] in a .npy file, or in an .npz holding one array (or one named
+    `x`). Anything unreadable or malformed is a SisaError naming the file and what to do."""
+    fail = f"cannot read input {path}"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise SisaError(f"{fail}: {e.strerror or e}") from None
+    if not magic.startswith((b"\x93NUMPY", b"PK")):  # .npy, or the zip an .npz is
+        raise SisaError(f"{fail}: not a NumPy .npy or .npz file; write the inputs with numpy.save")
     try:
         x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise SisaError(f"cannot read input {path}: {e}") from None
-    if not isinstance(x, np.ndarray) or x.ndim < 2:
-        raise SisaError(f"input {path} must be one array of shape [N, ...]")
+        if not isinstance(x, np.ndarray):  # an .npz: an NpzFile of named arrays
+            with x as npz:
+                names = list(npz.files)
+                if not names:
+                    raise SisaError(f"{fail}: the .npz holds no array; save the inputs as its only array or as `x`")
+                if len(names) > 1 and "x" not in names:
+                    raise SisaError(f"{fail}: the .npz holds arrays {sorted(names)}; keep one array, or name "
+                                    f"the inputs `x`")
+                name = "x" if "x" in names else names[0]
+                x = npz[name]
+                if not isinstance(x, np.ndarray):  # numpy hands over a member that is no .npy as bytes
+                    raise SisaError(f"{fail}: the .npz member {name!r} is not a NumPy array; write the file "
+                                    f"again with numpy.savez")
+    except SisaError:
+        raise
+    except Exception as e:
+        if "pickle" in str(e) or "Object arrays" in str(e):
+            raise SisaError(f"{fail}: it holds Python objects (pickled), which are not loaded; save a numeric "
+                            f"array") from None
+        raise SisaError(f"{fail}: the file is truncated or corrupted ({type(e).__name__}: {e}); write it "
+                        f"again with numpy.save") from None
+    if x.dtype.kind not in "biuf":
+        raise SisaError(f"input {path}: inputs must be numbers (bool, integer or float); got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise SisaError(f"input {path} must be one array of shape [N, ...]; got shape {x.shape} "
+                        f"(for one example, save x[None])")
     return x
 
 
@@ -122,9 +158,11 @@ def run(args) -> dict:
     progress = sys.stderr.isatty()
     match args.command:
         case "train":
-            return api.train(args.workdir, _config(args), progress=progress)
+            return api.train(args.workdir, _config(args), progress=progress,
+                             allow_environment_change=args.allow_environment_change)
         case "forget":
-            return api.forget(args.workdir, _ids(args), request=args.request, reason=args.reason, progress=progress)
+            return api.forget(args.workdir, _ids(args), request=args.request, reason=args.reason, progress=progress,
+                              allow_environment_change=args.allow_environment_change)
         case "predict":
             return api.predict(args.workdir, _load_input(args.input), args.aggregation)
         case "evaluate":
@@ -150,7 +188,14 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = run(args)
+        if args.command != "predict":
+            result = run(args)
+        else:  # its warnings about the inputs are shown as one line each
+            with warnings.catch_warnings(record=True) as caught:
+                try:
+                    result = run(args)
+                finally:
+                    _show_warnings(args.command, caught)
     except SisaError as e:
         print(f"sisa {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -170,6 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _show_warnings(command: str, caught: list) -> None:
+    """sisa's own warnings (about the user's input) as one line `sisa <cmd>: warning: ...`;
+    any other warning as Python would have shown it."""
+    serve = sys.modules.get("sisa.serve")  # not imported: none of its warnings can have been raised
+    for w in caught:
+        if serve is not None and issubclass(w.category, serve.InputRangeWarning):
+            print(f"sisa {command}: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
 def _jsonable(o):
     if isinstance(o, np.generic):
         return o.item()
@@ -184,10 +240,14 @@ def entry() -> None:
     cluster, exit normally so that jax.distributed shuts down in order."""
     from sisa import cluster
 
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left (`sisa status --json | head -c 10`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        code = 141  # 128 + SIGPIPE, as a shell reports a command killed by a closed pipe
     if cluster.joined():
         sys.exit(code)
-    sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 

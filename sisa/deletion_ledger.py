@@ -1,7 +1,8 @@
 """The deletion ledger: an append-only, hash-chained, fsync'ed log of forget requests.
 
-Each line is one record: a `request` (seq, ids, where they sat, reference, reason) or a
-`state` change of an earlier request (requested -> purged -> retrained -> committed).
+Each line is one record: a `request` (seq, ids, where they sat, reference, reason), a
+`state` change of an earlier request (requested -> purged -> retrained -> committed), or an
+`environment` change the user accepted (library versions, backend: see sisa.environment).
 Every record holds the previous record's hash and its own, so an edited or reordered line
 breaks the chain and is detected. A request is on disk before any work for it starts.
 """
@@ -69,7 +70,7 @@ class Ledger:
             if rec["kind"] == "request":
                 by_seq[rec["seq"]] = {**{k: rec[k] for k in ("seq", "ids", "affected", "request", "reason", "hash")},
                                       "state": "requested", "times": {"requested": rec["time"]}}
-            else:
+            elif rec["kind"] == "state":
                 entry = by_seq[rec["seq"]]
                 entry["state"] = rec["state"]
                 entry["times"][rec["state"]] = rec["time"]
@@ -78,6 +79,13 @@ class Ledger:
     def forgotten(self) -> dict[int, int]:
         """id -> seq of the request that forgot it."""
         return {i: e["seq"] for e in self.entries() for i in e["ids"]}
+
+    def environments(self) -> list[dict]:
+        """Environment changes the user accepted, oldest first: {"from", "to", "time"}."""
+        return [{k: rec[k] for k in ("from", "to", "time")} for rec in self.records() if rec["kind"] == "environment"]
+
+    def accept_environment(self, old: dict, new: dict) -> None:
+        self._append({"kind": "environment", "from": old, "to": new})
 
     def pending(self) -> list[dict]:
         return [e for e in self.entries() if e["state"] != "committed"]

@@ -51,6 +51,7 @@ def render(command: str, r: dict) -> str:
             f"{r['workdir']}: {r['dataset']}, {r['shards']} shards x {r['slices']} slices, {r['examples']} examples",
             _table(["shard", "examples", "per slice"], rows),
             f"deleted: {r['deleted']} id(s) in {r['requests']} request(s); pending: {r['pending_requests'] or 'none'}",
+            f"pending work: {'; '.join(r['pending_plan']) or 'none'}",
             f"disk: {_human_bytes(disk['total'])} (checkpoints {_human_bytes(disk['checkpoints'])}, data {_human_bytes(disk['data'])})",
         ])
     if command == "ledger":
@@ -65,6 +66,8 @@ def render(command: str, r: dict) -> str:
             f"verdict: {r['verdict']}", f"ledger head: {r['ledger_head']} ({r['forgotten']} id(s) forgotten)",
             _table(["shard", "checkpoint digest", "equals retrain"], rows),
             f"environment: {env['now']}" + (f"\n{env['note']}" if env["note"] else ""),
+            *[f"accepted environment change at {c['time']}: {c['from']['versions']} -> {c['to']['versions']}"
+              for c in env["accepted_changes"]],
             *[f"problem: {p}" for p in r["problems"]],
         ])
     if command == "audit":

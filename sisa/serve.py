@@ -1,12 +1,16 @@
 """Serve the ensemble: load each shard's final checkpoint, predict, evaluate.
 
 Only shards whose final-stage checkpoint exists are served. A pending shard (its retraining
-not finished) or an empty one (all its data deleted) is left out of the aggregate and named.
+not finished, or its final checkpoint damaged) or an empty one (all its data deleted) is left
+out of the aggregate and named. Serving only reads: repairs are a writer's job (`sisa train`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -38,7 +42,7 @@ def constituents(wd) -> Constituents:
             continue
         try:
             state, lineage = ckpt.restore(slices - 1)
-        except CheckpointCorrupted:
+        except CheckpointCorrupted:  # damaged: the next writer rebuilds it; CheckpointUnreadable stops here
             pending.append(ckpt.shard)
             continue
         if forgotten.intersection(lineage["ids"]):
@@ -54,20 +58,82 @@ def constituents(wd) -> Constituents:
     return Constituents(served, stack(params), pending, empty)
 
 
-def shard_probabilities(wd, x: np.ndarray, members: Constituents | None = None) -> tuple[Constituents, np.ndarray]:
-    members = members or constituents(wd)
+class InputRangeWarning(UserWarning):
+    """`predict` inputs far outside the range of the training data: likely other units."""
+
+
+def checked_inputs(wd, x) -> np.ndarray:
+    """`x` as an array of the model's input shape: numbers, finite, [N, *input_shape] (rows
+    of the right size are reshaped). Anything else is refused with a SisaError."""
     x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise SisaError(f"inputs must be numbers (bool, integer or float); got dtype {x.dtype}")
     shape = tuple(wd.manifest["dataset"]["input_shape"])
     if x.shape[1:] != shape:
         if x.ndim >= 1 and x.shape[1:] and int(np.prod(x.shape[1:])) == int(np.prod(shape)):
             x = x.reshape(len(x), *shape)
         else:
             raise SisaError(f"inputs have shape {x.shape[1:]} per example; this model takes {shape}")
+    if x.dtype.kind == "f" and len(x):
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        if len(bad):
+            raise SisaError(f"{len(bad)} input rows have NaN or infinite values (first: row {bad[0]}); "
+                            f"give every feature a finite value")
+    return x
+
+
+def shard_probabilities(wd, x: np.ndarray, members: Constituents | None = None) -> tuple[Constituents, np.ndarray]:
+    members = members or constituents(wd)
+    x = checked_inputs(wd, x)
     return members, ensemble_for(wd.trainer).probabilities(members.params, x)
 
 
+def units_mismatch(train_x: np.ndarray, x: np.ndarray) -> str | None:
+    """One line saying why inputs `x` look like they are in other units than the training data
+    `train_x`, or None. The two are "far" apart when either holds (all features pooled, so one
+    unusual feature or example does not trip it):
+
+    * beyond: the inputs reach more than one training span outside the training range
+      (min < lo - span or max > hi + span, with [lo, hi] the training range and span = hi - lo),
+      e.g. raw 0..255 pixels given to a model trained on values in [0, 1];
+    * squeezed: the inputs' largest magnitude is below a tenth of the largest magnitude that 99%
+      of the training examples reach (the 1st percentile, over training examples, of each one's
+      largest |feature|), e.g. pixels scaled to [0, 1] given to a model trained on 0..255.
+    """
+    if not len(x) or not len(train_x):
+        return None
+    t = train_x.reshape(len(train_x), -1)
+    lo, hi, a, b = float(t.min()), float(t.max()), float(x.min()), float(x.max())
+    span = hi - lo
+    peaks = t.max(axis=1) if t.dtype.kind in "bu" else np.abs(t).max(axis=1)
+    typical = float(np.quantile(peaks.astype(np.float64), 0.01))
+    beyond = span > 0 and (a < lo - span or b > hi + span)
+    squeezed = typical > 0 and max(abs(a), abs(b)) < typical / 10
+    if not (beyond or squeezed):
+        return None
+    far = "outside the training data's range" if beyond else "smaller in magnitude than the training data's"
+    return (f"inputs range over [{a:.4g}, {b:.4g}], far {far} [{lo:.4g}, {hi:.4g}]: predict takes inputs in "
+            f"the units of the training data (e.g. raw pixel values, not rescaled ones); these predictions are "
+            f"likely meaningless")
+
+
+def _caller_level() -> int:
+    """The `stacklevel` of the first frame outside the sisa package, seen from the caller."""
+    level, frame, package = 1, sys._getframe(1), str(Path(__file__).parent)
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def predict(wd, x: np.ndarray, aggregation: str | None = None) -> dict:
+    """Aggregated labels and probabilities for inputs `x`, given in the units of the training
+    data (as stored: e.g. 0..255 pixels when the model scales by 1/255 itself). Inputs whose range
+    is far from the training data's (see `units_mismatch`; the training range is computed here,
+    from the data store's current survivors, and never stored) raise an InputRangeWarning."""
+    x = checked_inputs(wd, x)
     members, probs = shard_probabilities(wd, x)
+    if (why := units_mismatch(wd.store().x, x)) is not None:
+        warnings.warn(why, InputRangeWarning, stacklevel=_caller_level())
     p, labels = aggregate(probs, aggregation or wd.config.aggregation)
     return {
         "labels": labels.tolist(),

@@ -36,11 +36,10 @@ def certificate(wd, shards=None, *, progress: bool = True) -> dict:
     import shutil
     import tempfile
 
-    import jax
-
+    from sisa import environment, reconcile
     from sisa.deletion_ledger import Ledger
     from sisa.training.loop import complete
-    from sisa.workdir import Workdir, versions
+    from sisa.workdir import Workdir
 
     cfg = wd.config
     chosen = sorted(range(cfg.partition.shards) if shards is None else set(shards))
@@ -51,6 +50,9 @@ def certificate(wd, shards=None, *, progress: bool = True) -> dict:
     pending = [e["seq"] for e in ledger.pending()]
     if pending:
         problems.append(f"ledger entries not committed: {pending}")
+    todo = reconcile.plan(reconcile.snapshot(wd, environment=False)[0])
+    if not todo.empty:
+        problems.append(f"work pending (run `sisa train --workdir {wd.root}` to finish it): {'; '.join(todo.describe())}")
     store = wd.store()
     if store.contains(sorted(forgotten)).any():
         problems.append("the data store still holds forgotten ids")
@@ -78,16 +80,17 @@ def certificate(wd, shards=None, *, progress: bool = True) -> dict:
                      "identical": served[s] not in (None, "corrupted") and served[s] == rebuilt[s]} for s in chosen}
     problems += [f"shard {s}: served state differs from retraining from scratch" for s, r in per_shard.items()
                  if not r["identical"]]
-    now = {**versions(), "backend": jax.default_backend()}
-    then = {**wd.manifest["versions"], "backend": wd.manifest.get("backend", now["backend"])}
-    same_env = {k: v for k, v in now.items() if k != "python"} == {k: v for k, v in then.items() if k != "python"}
+    now, then = environment.current(cfg.partition.shards), wd.manifest["environment"]
+    accepted = ledger.environments()
+    differs = environment.differences(then, now)
     return {
         "verdict": "verified" if not problems else "FAILED",
         "problems": problems,
         "ledger_head": head,
         "forgotten": len(forgotten),
         "shards": per_shard,
-        "environment": {"now": now, "at_training": then, "same": same_env,
-                        "note": None if same_env else
-                        "library versions or backend differ from training: bitwise equality is not expected"},
+        "environment": {"now": now, "at_training": then, "same": not differs, "accepted_changes": accepted,
+                        "note": None if not differs and not accepted else
+                        f"differs from training ({'; '.join(differs) or 'now as training'}); changes accepted by "
+                        f"the user and recorded in the ledger: {len(accepted)}"},
     }

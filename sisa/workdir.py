@@ -1,11 +1,16 @@
 """A run's directory: manifest, config, data store, checkpoints, ledger.
 
-    W/sisa.json          manifest: config digest, data set facts, versions (written last)
+    W/sisa.json          manifest: config digest, data set facts, environment (written last)
     W/config.toml        the run's config
     W/data/train.npz     the data store (deletions rewrite it)
     W/data/test.npz      the test split
     W/checkpoints/shard_NNNN/<stage>/   orbax, one manager per shard
+    W/checkpoints/shard_NNNN.files/     file digests of each finished stage
     W/ledger.jsonl       the deletion ledger
+
+Nothing here is computed over the training data as a whole: the manifest holds the config,
+the data set's shape facts and the environment; counts, sizes and digests of the data are
+computed from the data store when needed, so a forget leaves none computed over what it removed.
 """
 
 from __future__ import annotations
@@ -15,21 +20,19 @@ import fcntl
 import functools
 import json
 import os
-import math
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from sisa import config as config_lib
+from sisa import config as config_lib, environment
 from sisa.config import Config
 from sisa.data.store import Store
 from sisa.errors import SisaError
 from sisa.fsutil import atomic_save_npz, atomic_write_bytes, atomic_write_json
 
-FORMAT = 1
+FORMAT = 2  # 2: no data set digest or counts in the manifest; checkpoint file digests
 
 
 class WorkdirBusy(SisaError):
@@ -37,18 +40,6 @@ class WorkdirBusy(SisaError):
 
 MANIFEST = "sisa.json"
 _CREATING = ".sisa-creating"
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 class Workdir:
@@ -90,8 +81,6 @@ class Workdir:
         store.save(wd.store_path)
         atomic_save_npz(wd.test_path, x=ds.x_test, y=ds.y_test.astype(np.int32))
         atomic_write_bytes(wd.config_path, config_lib.dumps(cfg).encode())
-        b = cfg.train.batch_size
-        largest = int(np.bincount(store.shard, minlength=p.shards).max())
         atomic_write_json(
             wd.manifest_path,
             {
@@ -99,16 +88,11 @@ class Workdir:
                 "config_digest": cfg.digest(),
                 "dataset": {
                     "name": ds.name,
-                    "fingerprint": ds.fingerprint(),
                     "num_classes": ds.num_classes,
                     "input_shape": list(ds.x.shape[1:]),
                     "scale": ds.scale,
-                    "train_examples": len(ds.ids),
                 },
-                # Rows per shard lane, fixed at training so deletions reuse the same programs.
-                "capacity": math.ceil(largest / b) * b,
-                "versions": versions(),
-                "backend": _backend(),
+                "environment": environment.current(cfg.partition.shards),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
         )
@@ -180,7 +164,7 @@ class Workdir:
 
         from sisa.checkpoint import ShardCheckpoints
 
-        abstract = self.trainer.abstract_state
+        abstract = lambda: self.trainer.abstract_state  # noqa: E731  listing stages needs no JAX
         return [ShardCheckpoints(self.checkpoint_root, s, abstract) for s in range(self.config.partition.shards)]
 
     def reload_checkpoints(self) -> None:
@@ -200,7 +184,6 @@ class Workdir:
             "ids": ids.tolist(),
             "ids_digest": lineage_digest(ids),
             "config_digest": self.manifest["config_digest"],
-            "dataset_fingerprint": self.manifest["dataset"]["fingerprint"],
         }
 
 
@@ -217,12 +200,6 @@ def _remove_own_files(root: Path) -> None:
             path.unlink()
     if any(root.iterdir()):
         raise SisaError(f"{root} holds an interrupted sisa workdir and other files; move them and train again")
-
-
-def _backend() -> str:
-    import jax
-
-    return jax.default_backend()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -48,9 +48,42 @@ def test_damaged_final_checkpoint_is_detected_and_rebuilt_bit_for_bit(run, damag
         data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     assert final_digests(Workdir.open(run))[1] == "corrupted"
-    ev = sisa.evaluate(run)  # recovers first: repairs shard 1, then serves all three
-    assert sorted(ev["per_shard"]) == [0, 1, 2]
+    before = file_digests(run)
+    ev = sisa.evaluate(run)  # a reader: serves what is intact, names the rest, changes nothing
+    assert sorted(ev["per_shard"]) == [0, 2] and ev["left_out"]["pending"] == [1]
+    assert file_digests(run) == before
+    sisa.train(run, progress=False)  # a writer: finds the damage by its file digests and rebuilds
     assert final_digests(Workdir.open(run)) == expected
+    assert sorted(sisa.evaluate(run)["per_shard"]) == [0, 1, 2]
+
+
+def test_a_read_error_on_intact_files_is_reported_never_repaired(run, monkeypatch):
+    """An orbax error while the files match their digests (an I/O error, a library upgrade) is
+    not damage: readers and writers stop with a message and delete no checkpoint for it."""
+    from sisa import checkpoint
+
+    monkeypatch.setattr(checkpoint.ShardCheckpoints, "manager", property(lambda self: _FailingManager()))
+    before = file_digests(run / "checkpoints")
+    for read in (lambda: sisa.evaluate(run), lambda: sisa.predict(run, np.zeros((2, 8), np.float32))):
+        with pytest.raises(checkpoint.CheckpointUnreadable, match="files are intact"):
+            read()
+    assert file_digests(run / "checkpoints") == before
+    with pytest.raises(checkpoint.CheckpointUnreadable, match="shard 1 stage 1 .* files are intact"):
+        sisa.forget(run, _ids(run, 1, 2), progress=False)  # must restore stage 1 to retrain stage 2
+    after = file_digests(run / "checkpoints")
+    # Only stage 2 of shard 1 is gone: it saw the forgotten id. Stages 0 and 1 were not taken for damage.
+    assert after == {k: v for k, v in before.items() if not k.startswith(("shard_0001/2/", "shard_0001.files/2."))}
+
+
+class _FailingManager:
+    def all_steps(self):
+        return [0, 1, 2]
+
+    def wait_until_finished(self):
+        pass
+
+    def restore(self, *a, **k):
+        raise OSError(5, "Input/output error")
 
 
 def test_damaged_intermediate_checkpoint_falls_back_and_forget_stays_exact(run, tiny_cfg, tiny_ds, tmp_path):
@@ -70,7 +103,7 @@ def test_second_writer_is_stopped_and_readers_still_served(run):
             sisa.forget(run, _ids(run, 0, 0), progress=False)
         with pytest.raises(SisaError, match="in use"):
             sisa.train(run, progress=False)
-        assert len(sisa.predict(run, np.zeros((2, 8), np.float32))["labels"]) == 2
+        assert len(sisa.predict(run, Workdir.open(run).test_split()[0][:2])["labels"]) == 2
     assert file_digests(run) == before
 
 
@@ -97,7 +130,11 @@ def test_disk_failure_mid_forget_is_recorded_and_finished_by_the_next_command(ru
 
     members = serve.constituents(Workdir.open(run))
     assert 2 in members.pending and 2 not in members.shards
-    ev = sisa.evaluate(run)  # recovers, then serves
+    ev = sisa.evaluate(run)  # a reader: serves the safe shards, finishes nothing
+    assert sisa.ledger(run)["entries"][0]["state"] == "requested" and 2 not in ev["per_shard"]
+    assert any("purge" in step for step in sisa.status(run)["pending_plan"])
+    sisa.train(run, progress=False)  # the next writer finishes the request
+    ev = sisa.evaluate(run)
     assert sisa.ledger(run)["entries"][0]["state"] == "committed" and sorted(ev["per_shard"]) == [0, 1, 2]
     sisa.train(tmp_path / "scratch", tiny_cfg, dataset=tiny_ds.without(ids), progress=False)
     assert final_digests(Workdir.open(run)) == final_digests(Workdir.open(tmp_path / "scratch"))

@@ -17,7 +17,9 @@ Fixed splits (no randomness, so ids and fingerprints are reproducible):
   instead. A DatasetDict directory uses its "train" and "test" splits.
 
 Table columns (HF directory, CSV, parquet): label `label` (or `y`, integers), optional `id`,
-optional group `group` (or `user`; non-integer values are numbered in sorted order).
+optional group `group` (or `user`; integer values are used as they are, any other value is
+mapped to a stable integer by a digest of its own string form, never numbered among the others,
+so a group's number does not depend on which other groups exist).
 Features: an image column `image` (or `img`; PIL images or nested lists of 0..255 values,
 kept as uint8, scale 1/255), else all remaining numeric columns in column order (float32,
 scale 1). An `.npz` holds `x`, `y`, optional `id`, `group`, `x_test`/`y_test`; uint8 `x`
@@ -101,6 +103,35 @@ def validate(ds: Dataset) -> None:
             )
     if ds.groups is not None and len(ds.groups) != n:
         raise SisaError(f"data set {ds.name!r}: groups has {len(ds.groups)} rows, x has {n}")
+    for split, x in (("training", ds.x), ("test", ds.x_test)):
+        if len(bad := _nonfinite_rows(x)):
+            first = f"id {ds.ids[bad[0]]}" if split == "training" else f"test row {bad[0]}"
+            raise SisaError(
+                f"data set {ds.name!r}: {len(bad)} {split} rows have NaN or infinite features "
+                f"(first: {first}); drop or fill them in the source data"
+            )
+
+
+def _nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """Indices of the rows of `x` with a NaN or infinite value (integer data has none)."""
+    if x.dtype.kind not in "fc" or not len(x):
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+
+
+def check_classes(ds: Dataset) -> None:
+    """Refuse a data set as loaded from its source whose classes 0..num_classes-1 include one
+    without a training example (labels numbered from 1, a class only in the test split, or a
+    `data.num_classes` above the labels). Not part of `validate`: a data set derived in Python
+    may lose a whole class legitimately, e.g. `ds.without(ids)` after forgetting one."""
+    empty = np.flatnonzero(np.bincount(ds.y, minlength=ds.num_classes) == 0).tolist()
+    if empty:
+        shown = f"{empty[:10]}"[:-1] + (f", ... ({len(empty)} in all)]" if len(empty) > 10 else "]")
+        raise SisaError(
+            f"data set {ds.name!r}: class(es) {shown} of {ds.num_classes} have no training example; "
+            f"number the labels 0..k-1 with every class in the training split (and set data.num_classes "
+            f"to k, or leave it out)"
+        )
 
 
 FILE_KINDS = "an HF `datasets` directory (save_to_disk), .csv, .parquet or .npz"
@@ -120,7 +151,9 @@ def load(source: str, *, num_classes: int | None = None) -> Dataset:
             f"unknown data set {source!r}: not a registered name ({', '.join(sorted(REGISTRY))}) "
             f"and no such file or directory; pass a name or a path to {FILE_KINDS}"
         )
-    return ds if num_classes is None else dataclasses.replace(ds, num_classes=num_classes)
+    ds = ds if num_classes is None else dataclasses.replace(ds, num_classes=num_classes)
+    check_classes(ds)
+    return ds
 
 
 @contextlib.contextmanager
@@ -134,11 +167,23 @@ def _reading(what: str):
         raise SisaError(f"cannot read data set {what!r}: {type(e).__name__}: {e}") from e
 
 
-def _labels(y, name: str) -> np.ndarray:
+def _labels(y, name: str, where: str = "the label array") -> np.ndarray:
+    """Integer labels as int32. Anything else is refused, naming `where` they came from and a few
+    values: sisa does not number string labels itself, since a numbering computed over the
+    whole data set is a statistic of it that would outlive a forget."""
     y = np.asarray(y)
-    if y.dtype.kind not in "iu":
-        raise SisaError(f"data set {name!r}: labels must be integers, got dtype {y.dtype}")
-    return y.astype(np.int32)
+    if y.dtype.kind in "iu":
+        return y.astype(np.int32)
+    if y.dtype.kind == "f" and np.isnan(y).any():
+        raise SisaError(f"data set {name!r}: {where} has {int(np.isnan(y).sum())} missing (NaN) labels; "
+                        f"drop those rows or give them a label")
+    values = "?"
+    with contextlib.suppress(Exception):
+        values = ", ".join(repr(v) for v in np.unique(y.astype(str))[:5].tolist())
+    raise SisaError(
+        f"data set {name!r}: {where} holds non-integer labels ({y.dtype}, e.g. {values}); labels must be "
+        f"integers 0..k-1: replace each value by its number in the file and keep that mapping yourself"
+    )
 
 
 def _assemble(name, x, y, *, ids=None, groups=None, x_test=None, y_test=None, scale=1.0) -> Dataset:
@@ -152,8 +197,7 @@ def _assemble(name, x, y, *, ids=None, groups=None, x_test=None, y_test=None, sc
         ids = ids.astype(np.int64)
     if groups is not None:
         groups = np.asarray(groups)
-        groups = groups if groups.dtype.kind in "iu" else np.unique(groups, return_inverse=True)[1]
-        groups = groups.astype(np.int64)
+        groups = groups.astype(np.int64) if groups.dtype.kind in "iu" else _group_numbers(groups)
     if x_test is None:
         test = np.arange(len(x)) % 5 == 4
         x, x_test, y, y_test, ids = x[~test], x[test], y[~test], y[test], ids[~test]
@@ -161,6 +205,19 @@ def _assemble(name, x, y, *, ids=None, groups=None, x_test=None, y_test=None, sc
     x_test, y_test = np.asarray(x_test), _labels(y_test, name)
     k = int(max(y.max(initial=-1), y_test.max(initial=-1))) + 1
     return Dataset(name, x, y, ids, x_test, y_test, k, groups=groups, scale=scale)
+
+
+def _group_numbers(groups: np.ndarray) -> np.ndarray:
+    """A non-negative int64 per non-integer group value: blake2b (8 bytes) of its own `str`.
+
+    Deletion-stable: a group's number depends on its value alone, not on the other groups.
+    """
+    def digest(v) -> int:
+        return int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "big") >> 1
+
+    values, memo = groups.ravel().tolist(), {}
+    out = (memo[v] if v in memo else memo.setdefault(v, digest(v)) for v in values)
+    return np.fromiter(out, np.int64, len(values)).reshape(groups.shape)
 
 
 def _by_class(name: str, x: np.ndarray, y: np.ndarray, scale: float) -> Dataset:
@@ -217,6 +274,7 @@ def _load_path(path: str) -> Dataset:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import datasets as hf
 
+        hf.disable_progress_bars()  # a local file: its bars would only clutter stderr (and error lines)
         if p.is_dir():
             obj = hf.load_from_disk(path)
         else:
@@ -230,6 +288,9 @@ def _from_npz(path: str) -> Dataset:
     missing = [k for k in ("x", "y") if k not in a] + [k for k in ("y_test",) if "x_test" in a and k not in a]
     if missing:
         raise SisaError(f"data set {path!r}: npz lacks array(s) {missing}; found {sorted(a)}")
+    for k in ("y", "y_test"):
+        if k in a:
+            a[k] = _labels(a[k], path, f"array {k!r}")
     return _assemble(
         path, a["x"], a["y"], ids=a.get("id"), groups=a.get("group"),
         x_test=a.get("x_test"), y_test=a.get("y_test"), scale=1 / 255 if a["x"].dtype == np.uint8 else 1.0,
@@ -278,7 +339,7 @@ def _table(name: str, ds):
         if not numeric:
             raise SisaError(f"data set {name!r} has no image or numeric feature columns; columns are {cols}")
         x, scale = np.stack([get(c) for c in numeric], axis=1).astype(np.float32), 1.0
-    return x, _labels(get(label), name), get(idc), get(group), scale
+    return x, _labels(get(label), name, f"column {label!r}"), get(idc), get(group), scale
 
 
 REGISTRY: dict[str, Callable[[], Dataset]] = {

@@ -60,6 +60,13 @@ class Store:
         np.add.at(out, (self.shard, self.slice), 1)
         return out
 
+    def capacity(self, shards: int, batch_size: int) -> int:
+        """Rows per shard lane: the largest shard rounded up to whole batches. Computed from the
+        store each time (never kept), so after a forget it is what training without the
+        forgotten examples would use."""
+        largest = int(np.bincount(self.shard, minlength=shards).max(initial=0))
+        return max(1, -(-largest // batch_size)) * batch_size
+
     def shard_layout(self, shards, capacity: int):
         """Row indices per shard, sorted by id, padded with -1 to `capacity`: [len(shards), capacity]."""
         out = np.full((len(shards), capacity), -1, np.int64)
@@ -67,6 +74,19 @@ class Store:
             rows = np.flatnonzero(self.shard == s)
             out[lane, : len(rows)] = rows
         return out
+
+    def check_source(self, ds: Dataset, forgotten, where: str) -> None:
+        """Refuse unless `ds` and this store hold the same examples (ids, features, labels) once
+        the forgotten ids are left out of both. Compared row by row: the run keeps no digest of
+        its source, since a digest over data that included forgotten examples would outlive
+        their forgetting."""
+        rest, mine = ds.without(sorted(forgotten)), self.without(sorted(forgotten))
+        order = np.argsort(rest.ids, kind="stable")
+        same = (np.array_equal(rest.ids[order], mine.ids) and rest.x.shape[1:] == mine.x.shape[1:]
+                and np.array_equal(rest.x[order], mine.x) and np.array_equal(rest.y[order], mine.y))
+        if not same:
+            raise SisaError(f"workdir {where} was trained on a different data set (ids, features or labels differ "
+                            "from its data store)")
 
     def save(self, path: str | Path) -> None:
         atomic_save_npz(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})

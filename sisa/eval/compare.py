@@ -461,7 +461,7 @@ def _row(seed, sc, method, kind, m, seconds, compile_seconds, examples, extra) -
 def environment() -> dict:
     import jax
 
-    from sisa.workdir import versions
+    from sisa.environment import versions
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),

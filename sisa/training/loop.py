@@ -9,6 +9,7 @@ resumes from the last checkpoint saved. All lanes train together in one vmapped 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import sys
 import time
 
@@ -38,27 +39,15 @@ def lane_data(store, lanes, capacity: int) -> dict:
 
 
 def restore_latest_good(ckpt):
-    """The newest checkpoint that passes its digest; corrupted ones are deleted on the way."""
+    """The newest checkpoint that passes its digests. A damaged one (files no longer match
+    their digests) is deleted on the way; one that cannot be read although intact stops the
+    command (CheckpointUnreadable): that is the environment, not the checkpoint."""
     while (stage := ckpt.latest()) >= 0:
         try:
             return ckpt.restore(stage)[0]
         except CheckpointCorrupted:
             ckpt.delete_from(stage)
     return None
-
-
-def repair(wd) -> list[int]:
-    """Delete every final checkpoint that fails its digest (`complete` then rebuilds it)."""
-    last = wd.config.partition.slices - 1
-    broken = []
-    for ckpt in wd.checkpoints:
-        if ckpt.latest() == last:
-            try:
-                ckpt.restore(last)
-            except CheckpointCorrupted:
-                ckpt.delete_from(last)
-                broken.append(ckpt.shard)
-    return broken
 
 
 def complete(wd, *, only=None, progress: bool = True, spread: bool = True) -> dict:
@@ -110,35 +99,44 @@ def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
     start = np.array([ckpts[s].latest() + 1 for s in lanes])
     report["stages_trained"] = {s: list(range(ckpts[s].latest() + 1, slices)) for s in todo}
     states = ens.place(stack(states))
-    data = ens.place(lane_data(store, lanes, wd.manifest["capacity"]))
+    data = ens.place(lane_data(store, lanes, store.capacity(shards, cfg.train.batch_size)))
     shard_ids = ens.place(np.asarray(lanes, np.int32))
     counts = store.counts(shards, slices).cumsum(axis=1)  # examples in slices 0..r per shard
 
-    saver, saves = concurrent.futures.ThreadPoolExecutor(max_workers=1), []
-    for stage in range(int(start[real].min()), slices):
-        active = real & (start <= stage)
-        epochs = cfg.epochs_for_stage(stage)
-        n = int(sum(counts[lanes[i], stage] for i in np.flatnonzero(active)))
-        report["examples_epochs"] += n * epochs
-        bar = tqdm(
-            total=n * epochs, desc=f"stage {stage + 1}/{slices}", unit="ex", unit_scale=True,
-            disable=not progress, file=sys.stderr, leave=False,
-        )
-        for epoch in range(epochs):
-            states, loss = ens.epoch(states, data, shard_ids, stage, epoch, ens.place(active))
-            loss = np.asarray(loss)  # waits for the epoch: the bar shows real progress
-            bar.update(n)
-            crash_point("after-epoch")
-            bar.set_postfix(loss=f"{loss[active].mean():.3f}")
-        bar.close()
-        if not cfg.keeps_checkpoint(stage):
-            continue
-        host = unstack(states, width)
-        for lane in np.flatnonzero(active):
-            s = lanes[lane]
-            # Saved by one background thread, in order, while the next stage trains.
-            lineage = {**wd.lineage(s, stage, store), "process": cluster.index()}
-            saves.append(saver.submit(ckpts[s].save, stage, host[lane], lineage))
+    saver, saves = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sisa-saver"), []
+    try:
+        for stage in range(int(start[real].min()), slices):
+            active = real & (start <= stage)
+            epochs = cfg.epochs_for_stage(stage)
+            n = int(sum(counts[lanes[i], stage] for i in np.flatnonzero(active)))
+            report["examples_epochs"] += n * epochs
+            bar = tqdm(
+                total=n * epochs, desc=f"stage {stage + 1}/{slices}", unit="ex", unit_scale=True,
+                disable=not progress, file=sys.stderr, leave=False,
+            )
+            for epoch in range(epochs):
+                states, loss = ens.epoch(states, data, shard_ids, stage, epoch, ens.place(active))
+                loss = np.asarray(loss)  # waits for the epoch: the bar shows real progress
+                bar.update(n)
+                crash_point("after-epoch")
+                bar.set_postfix(loss=f"{loss[active].mean():.3f}")
+            bar.close()
+            if not cfg.keeps_checkpoint(stage):
+                continue
+            host = unstack(states, width)
+            for lane in np.flatnonzero(active):
+                s = lanes[lane]
+                # Saved by one background thread, in order, while the next stage trains.
+                lineage = {**wd.lineage(s, stage, store), "process": cluster.index()}
+                saves.append(saver.submit(ckpts[s].save, stage, host[lane], lineage))
+    except BaseException:
+        # Let the saves already submitted finish before the error leaves: once it reaches the
+        # caller (and the workdir lock is released) nothing of this call writes any more.
+        saver.shutdown(wait=True)
+        for s in todo:
+            with contextlib.suppress(Exception):  # the error in flight is the one to report
+                ckpts[s].wait()
+        raise
     saver.shutdown(wait=True)
     for done in saves:
         done.result()  # re-raise a failed save here

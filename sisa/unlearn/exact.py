@@ -1,14 +1,10 @@
 """Exact deletion by SISA.
 
-`forget` records the request in the ledger (fsync'ed) and then carries it out; carrying out
-is idempotent, so recovery after a crash simply carries out every unfinished request again:
-
-1. purge: rewrite the data store without the ids;
-2. drop every checkpoint that saw them: for each affected shard, its stages from the
-   earliest slice holding a forgotten id onward;
-3. retrain: `complete` brings the affected shards back to the last stage, all in one program,
-   from the checkpoint before the earliest affected stage (or from initialisation);
-4. check that no served checkpoint's lineage holds a forgotten id, then commit.
+`forget` checks the request (known ids, not forgotten before, the environment), records it in
+the ledger (fsync'ed) and hands the rest to the reconciler (sisa.reconcile), whose plan
+purges the ids from the data store, drops every checkpoint that saw them, retrains the
+affected shards from the stage before the earliest one that held an id, checks the lineage
+of what is left and commits. After a crash the next writer's plan finishes the same work.
 """
 
 from __future__ import annotations
@@ -21,8 +17,7 @@ import numpy as np
 from sisa.errors import SisaError
 from sisa.faults import crash_point
 from sisa.deletion_ledger import Ledger
-from sisa.checkpoint import CheckpointCorrupted
-from sisa.training.loop import complete, repair
+from sisa import reconcile
 
 
 def parse_ids(ids) -> list[int]:
@@ -42,11 +37,17 @@ def parse_ids(ids) -> list[int]:
     return out
 
 
-def forget(wd, ids, *, request: str | None = None, reason: str | None = None, progress: bool = True) -> dict:
+def forget(wd, ids, *, request: str | None = None, reason: str | None = None, progress: bool = True,
+           allow_environment_change: bool = False) -> dict:
     t0 = time.perf_counter()
     ids = parse_ids(ids)
     ledger = Ledger(wd.ledger_path)
-    recover(wd, check_all=False, progress=progress)
+    # Refuse in a foreign environment, and finish earlier work, before recording anything.
+    snap, new_env = reconcile.snapshot(wd, allow_environment_change=allow_environment_change)
+    earlier = reconcile.plan(snap)
+    if earlier.refused:
+        raise SisaError(earlier.refused)
+    reconcile.apply(wd, earlier, new_environment=new_env, progress=progress)
     done = ledger.forgotten()
     again = [i for i in ids if i in done]
     if again:
@@ -64,77 +65,21 @@ def forget(wd, ids, *, request: str | None = None, reason: str | None = None, pr
     entry = ledger.request(ids, affected, request=request, reason=reason)
     crash_point("after-request")
     try:
-        report = carry_out(wd, entry, progress=progress)
+        done = reconcile.reconcile(wd, allow_environment_change=allow_environment_change, progress=progress)
     except OSError as e:
         raise SisaError(
             f"could not finish request #{entry['seq']}: {e.strerror or e} ({e.filename or 'write failed'}); it is "
-            "recorded in the ledger, its shards are not served, and the next sisa command on this workdir finishes it"
+            "recorded in the ledger, its shards are not served, and the next writing sisa command on this workdir "
+            "(`sisa train --workdir ...`) finishes it"
         ) from None
-    return {**report, "entry": entry["seq"], "hash": ledger.head(), "forgotten": len(ids),
-            "seconds": time.perf_counter() - t0}
-
-
-def carry_out(wd, entry: dict, *, progress: bool = True) -> dict:
-    """Bring one ledger entry to `committed`. Every step is safe to repeat."""
-    ledger = Ledger(wd.ledger_path)
-    fresh = entry["state"] == "requested"  # nothing retrained yet: no checkpoint can be this request's
-    store = wd.store()
-    if store.contains(entry["ids"]).any():
-        store = store.without(entry["ids"])
-        store.save(wd.store_path)
-        crash_point("after-purge")
-    ledger.advance(entry, "purged")
-    affected = {int(s): r for s, r in entry["affected"].items()}
-    for s, stage in affected.items():
-        ckpt = wd.checkpoints[s]
-        # Stale stages are deleted newest first, so if the first stage kept from `stage` on is
-        # clean, all later ones are this request's retraining, already done: keep them.
-        first = next((k for k in ckpt.stages() if k >= stage), None)
-        if first is not None and not fresh and _clean(ckpt, first, entry["ids"]):
-            continue
-        ckpt.delete_from(stage)
-    trained = complete(wd, progress=progress)
-    ledger.advance(entry, "retrained")
-    crash_point("after-retrained")
-    check_lineage(wd, affected, entry["ids"])
-    crash_point("before-commit")
-    ledger.advance(entry, "committed")
+    trained = done["trained"]
     return {
         "affected_shards": sorted(affected),
         "stages_retrained": {s: trained["stages_trained"].get(s, []) for s in sorted(affected)},
         "examples_epochs_retrained": trained["examples_epochs"],
-        "examples_epochs_full_retrain": full_cost(wd, store),
+        "examples_epochs_full_retrain": full_cost(wd, wd.store()),
+        "entry": entry["seq"], "hash": ledger.head(), "forgotten": len(ids), "seconds": time.perf_counter() - t0,
     }
-
-
-def _clean(ckpt, stage: int, ids) -> bool:
-    try:
-        return set(ids).isdisjoint(ckpt.lineage(stage)["ids"])
-    except CheckpointCorrupted:
-        return False
-
-
-def recover(wd, *, check_all: bool = True, progress: bool = True) -> dict:
-    """What every command does first: carry unfinished requests to committed, delete final
-    checkpoints that fail their digest (`check_all`; a forget checks only what it restores),
-    and finish any shard whose training stopped."""
-    for tmp in (wd.root / "data").glob(".*.tmp"):  # an interrupted atomic write's half
-        tmp.unlink()
-    pending = Ledger(wd.ledger_path).pending()
-    for entry in pending:
-        carry_out(wd, entry, progress=progress)
-    repaired = repair(wd) if check_all else []
-    trained = complete(wd, progress=progress)
-    return {"entries": [e["seq"] for e in pending], "repaired_shards": repaired, "trained": trained}
-
-
-def check_lineage(wd, shards, ids) -> None:
-    ids = set(ids)
-    for s in shards:
-        for stage in wd.checkpoints[s].stages():
-            seen = ids.intersection(wd.checkpoints[s].lineage(stage)["ids"])
-            if seen:
-                raise SisaError(f"checkpoint shard {s} stage {stage} still holds forgotten ids {_few(sorted(seen))}")
 
 
 def full_cost(wd, store) -> int:

@@ -1,0 +1,130 @@
+"""Nothing computed over forgotten data survives a forget; reads never write; the environment
+is part of the proof."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import sisa
+from sisa import environment
+from sisa.errors import SisaError
+from sisa.workdir import Workdir
+from tests.conftest import file_digests, npz_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_cfg):
+    tmp = tmp_path_factory.mktemp("promise")
+    ds = npz_dataset(tmp)
+    sisa.train(tmp / "run", tiny_cfg, dataset=ds, progress=False)
+    return tmp / "run", ds
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    shutil.copytree(trained[0], tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _ids(root, n=3, shard=None):
+    store = Workdir.open(root).store()
+    sel = store.ids if shard is None else store.ids[store.shard == shard]
+    return sel[:n].tolist()
+
+
+def _lineages(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "checkpoints").rglob("lineage/metadata"))}
+
+
+def test_after_a_forget_manifest_and_every_lineage_are_those_of_training_without_the_ids(run, trained, tiny_cfg,
+                                                                                       tmp_path):
+    """Nothing in them was computed over the forgotten examples: they are byte for byte what
+    training on D \\ K writes (the manifest up to its creation time)."""
+    _, ds = trained
+    ids = _ids(run, 2, shard=0) + _ids(run, 2, shard=2)
+    sisa.forget(run, ids, progress=False)
+    sisa.train(tmp_path / "scratch", tiny_cfg, dataset=ds.without(ids), progress=False)
+    a, b = (json.loads((r / "sisa.json").read_text()) for r in (run, tmp_path / "scratch"))
+    a.pop("created"), b.pop("created")
+    assert a == b
+    assert _lineages(run) == _lineages(tmp_path / "scratch")
+    assert sisa.audit(run)["clean"]
+
+
+def test_no_file_of_the_run_holds_a_digest_of_the_original_data_set(run, trained):
+    _, ds = trained
+    sisa.forget(run, _ids(run, 3), progress=False)
+    digest = ds.fingerprint().encode()  # the digest earlier versions kept in the manifest and lineages
+    assert not [p for p in run.rglob("*") if p.is_file() and digest in p.read_bytes()]
+
+
+def test_audit_reports_a_manifest_field_sisa_does_not_write(run):
+    sisa.forget(run, _ids(run, 1), progress=False)
+    manifest = json.loads((run / "sisa.json").read_text())
+    manifest["dataset"]["fingerprint"] = "0123456789abcdef"
+    (run / "sisa.json").write_text(json.dumps(manifest))
+    report = sisa.audit(run)
+    assert not report["clean"] and any("dataset.fingerprint" in f for f in report["findings"])
+
+
+def test_reads_never_write_even_with_a_request_pending(run, monkeypatch):
+    from sisa import fsutil
+
+    ids = _ids(run, 2, shard=1)
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(fsutil, "atomic_write_bytes", full_disk)
+    with pytest.raises(SisaError, match="recorded in the ledger"):
+        sisa.forget(run, ids, progress=False)
+    monkeypatch.undo()
+    before = file_digests(run)
+    x = np.asarray(Workdir.open(run).test_split()[0])
+    served = sisa.predict(run, x)
+    assert 1 in served["left_out"]["pending"] and 1 not in served["shards"]
+    assert 1 not in sisa.evaluate(run)["per_shard"]
+    status = sisa.status(run)
+    assert status["pending_requests"] == [1] and any("purge" in step for step in status["pending_plan"])
+    sisa.ledger(run)
+    assert not sisa.audit(run)["clean"]  # the unpurged rows are a finding, not a repair
+    cert = sisa.verify(run, [0], progress=False)
+    assert cert["verdict"] == "FAILED" and any("work pending" in p for p in cert["problems"])
+    assert file_digests(run) == before
+
+
+def _foreign(now):
+    return {**now, "versions": {**now["versions"], "jax": "0.0.1"}}
+
+
+def test_a_writer_refuses_another_environment_and_names_both(run, monkeypatch):
+    shutil.rmtree(run / "checkpoints" / "shard_0000" / "2")  # so that `train` has work to do
+    (run / "checkpoints" / "shard_0000.files" / "2.json").unlink()
+    real = environment.current
+    monkeypatch.setattr(environment, "current", lambda shards: _foreign(real(shards)))
+    before = file_digests(run)
+    for write in (lambda: sisa.forget(run, _ids(run, 1), progress=False), lambda: sisa.train(run, progress=False)):
+        with pytest.raises(SisaError, match=r"another environment \(jax .* -> 0\.0\.1\)"):
+            write()
+    assert file_digests(run) == before and not (run / "ledger.jsonl").exists()
+
+
+def test_an_allowed_environment_change_is_recorded_and_shown_by_verify(run, monkeypatch):
+    real = environment.current
+    monkeypatch.setattr(environment, "current", lambda shards: _foreign(real(shards)))
+    sisa.forget(run, _ids(run, 1), progress=False, allow_environment_change=True)
+    sisa.forget(run, _ids(run, 1, shard=2), progress=False)  # accepted once: the same environment goes on
+    records = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    changes = [r for r in records if r["kind"] == "environment"]
+    assert len(changes) == 1 and changes[0]["to"]["versions"]["jax"] == "0.0.1"
+    cert = sisa.verify(run, [1], progress=False)
+    assert cert["environment"]["accepted_changes"] and "jax" in cert["environment"]["note"]
+
+
+def test_the_layout_is_recorded_in_manifest_and_certificate(run):
+    layout = Workdir.open(run).manifest["environment"]["layout"]
+    assert layout == {"devices": 1, "processes": 1}
+    cert = sisa.verify(run, [0], progress=False)
+    assert cert["environment"]["at_training"]["layout"] == layout and "layout" in cert["environment"]["now"]
