@@ -13,6 +13,11 @@ def test_lane_buckets_fill_every_device_with_at_least_two_lanes():
     assert lane_bucket(5, 5, 2) == 6 and lane_bucket(1, 5, 2) == 4
     assert lane_bucket(1, 20, 4) == 8 and lane_bucket(20, 20, 4) == 20
     assert lane_bucket(3, 3, 1) == 3
+    # As many devices as shards (or more): one real lane and one spare on each device, never
+    # a single lane (a vmap of width one lowers to other kernels; tests/test_layout.py).
+    assert lane_bucket(2, 2, 2) == 4 and lane_bucket(1, 2, 2) == 4
+    assert lane_bucket(8, 8, 8) == 16 and lane_bucket(1, 8, 8) == 16 and lane_bucket(1, 4, 4) == 8
+    assert lane_bucket(1, 1, 1) == 1  # a lone shard: unbatched, and always on one device
 
 
 @pytest.mark.parametrize("devices", [2, 4])

@@ -4,14 +4,15 @@ With several devices the lane axis is laid along the mesh axis "ens" (`jax.shard
 each device runs the same vmapped program on its own lanes, so shards train in parallel
 and a shard's bits do not depend on how many devices share the work.
 
-A lane holds one shard. Lane counts are bucketed (powers of two, at most S) so that a
-train and any number of deletions compile only a few programs; spare lanes are inactive
-and their results dropped.
+A lane holds one shard. Lane counts are bucketed (per device a power of two, capped at the
+device's share of S) so that a train and any number of deletions compile only a few
+programs; spare lanes are inactive and their results dropped.
 
 Bitwise results do not depend on the lane count, with one exception that `lane_bucket`
 avoids: XLA lowers a vmap of width one to unbatched kernels, whose float results differ
 from the batched ones. So an ensemble of S >= 2 shards never runs fewer than two lanes
-on a device.
+on a device, not even with as many devices as shards (each then runs one real lane and
+one spare) or for a deletion that retrains a single shard. (tests/test_layout.py)
 """
 
 from __future__ import annotations
@@ -26,11 +27,18 @@ from sisa.training.step import ShardTrainer
 
 
 def lane_bucket(width: int, shards: int, devices: int = 1) -> int:
-    """Lanes to run `width` of `shards` shards on `devices`: per device a power of two, at
-    least 2, at most its share of S; the same on every device."""
+    """Lanes to run `width` of `shards` shards on `devices`; the same count on every device.
+
+    Per device: its lanes rounded up to a power of two, at least 2, capped at the device's
+    share of S (ceil(S / devices)), but the cap is never under 2. So whenever S >= 2 no
+    device runs a single lane, whatever the layout: with as many devices as shards each
+    device runs one real lane and one spare. A lone shard (S = 1) runs unbatched at width 1
+    on every layout (`runtime.device_count` gives it one device), so its bits do not depend
+    on the layout either.
+    """
     per_device = -(-width // devices)
-    share = max(-(-shards // devices), per_device)
-    return devices * min(1 << (max(per_device, 2) - 1).bit_length(), share)
+    cap = max(-(-shards // devices), per_device, 2 if shards >= 2 else 1)
+    return devices * min(1 << (max(per_device, 2) - 1).bit_length(), cap)
 
 
 class Ensemble:
