@@ -83,9 +83,16 @@ def checked_inputs(wd, x) -> np.ndarray:
 
 
 def shard_probabilities(wd, x: np.ndarray, members: Constituents | None = None) -> tuple[Constituents, np.ndarray]:
+    """Each served shard's softmax outputs [served, N, classes]. The served shards always run at
+    one lane width (S, at least 2; spare lanes repeat a served shard): a vmap's float results
+    depend on its width, and a shard's outputs must not depend on which others are pending."""
+    import jax
+
     members = members or constituents(wd)
     x = checked_inputs(wd, x)
-    return members, ensemble_for(wd.trainer).probabilities(members.params, x)
+    served, lanes = len(members.shards), max(wd.config.partition.shards, 2)
+    params = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], lanes - served, axis=0)]), members.params)
+    return members, ensemble_for(wd.trainer).probabilities(params, x)[:served]
 
 
 def units_mismatch(train_x: np.ndarray, x: np.ndarray) -> str | None:

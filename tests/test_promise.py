@@ -128,3 +128,16 @@ def test_the_layout_is_recorded_in_manifest_and_certificate(run):
     assert layout == {"devices": 1, "processes": 1}
     cert = sisa.verify(run, [0], progress=False)
     assert cert["environment"]["at_training"]["layout"] == layout and "layout" in cert["environment"]["now"]
+
+
+def test_a_shard_serves_the_same_bits_whichever_other_shards_are_served(run):
+    """Serving runs at one lane width, so a pending shard does not change the others' outputs."""
+    from sisa import serve
+
+    x = Workdir.open(run).test_split()[0]
+    _, every = serve.shard_probabilities(Workdir.open(run), x)
+    for gone in (0, 1):
+        shutil.rmtree(run / "checkpoints" / f"shard_000{gone}" / "2")
+    members, rest = serve.shard_probabilities(Workdir.open(run), x)
+    assert members.shards == [2] and members.pending == [0, 1]
+    assert np.array_equal(rest[0], every[2])

@@ -1,18 +1,20 @@
-"""The shard ensemble: the single-shard functions under `jax.vmap` over a lane axis.
+"""The shard ensemble: the single-shard functions mapped over a lane axis.
+
+A lane holds one shard. Lanes run one after another (`lax.map`), each through the same
+unbatched single-shard program, so a shard's bits cannot depend on how many shards train
+with it: a `jax.vmap` over lanes compiles batched kernels whose float results change with
+the width (training 8 shards together and retraining 2 of them gave different bits for
+batch 32, hidden 16; tests/test_exactness_matrix.py). On a CPU a vmap bought little
+(the sequential lanes keep a single-id deletion as fast and train ~10% slower end to end
+on mnist5k), and a spare lane with nothing to train costs nothing.
 
 With several devices the lane axis is laid along the mesh axis "ens" (`jax.shard_map`):
-each device runs the same vmapped program on its own lanes, so shards train in parallel
-and a shard's bits do not depend on how many devices share the work.
+each device runs the same program on its own lanes, so shards train in parallel and a
+shard's bits do not depend on how many devices share the work (tests/test_layout.py).
 
-A lane holds one shard. Lane counts are bucketed (per device a power of two, capped at the
+Lane counts are bucketed (per device a power of two, at least two when S >= 2, capped at the
 device's share of S) so that a train and any number of deletions compile only a few
 programs; spare lanes are inactive and their results dropped.
-
-Bitwise results do not depend on the lane count, with one exception that `lane_bucket`
-avoids: XLA lowers a vmap of width one to unbatched kernels, whose float results differ
-from the batched ones. So an ensemble of S >= 2 shards never runs fewer than two lanes
-on a device, not even with as many devices as shards (each then runs one real lane and
-one spare) or for a deletion that retrains a single shard. (tests/test_layout.py)
 """
 
 from __future__ import annotations
@@ -47,8 +49,14 @@ class Ensemble:
 
         self.trainer = trainer
         self.devices = devices
-        init = jax.vmap(trainer.init)
-        epoch = jax.vmap(trainer.epoch, in_axes=(0, 0, 0, None, None, 0))
+        # Lanes run one after another (`lax.map`), each through the same unbatched program: a
+        # vmap's kernels change with its width, and so did the bits of some shapes (batch 32,
+        # hidden 16: training 8 shards together and retraining 2 of them disagreed).
+        init = functools.partial(jax.lax.map, trainer.init)
+
+        def epoch(states, data, shard_ids, stage, epoch, active):
+            return jax.lax.map(lambda lane: trainer.epoch(lane[0], lane[1], lane[2], stage, epoch, lane[3]),
+                               (states, data, shard_ids, active))
         self.mesh = Mesh(np.array(jax.local_devices()[:devices]), ("ens",))  # this process's own
         self.lane_sharding = NamedSharding(self.mesh, P("ens"))
         if devices > 1:
