@@ -56,6 +56,11 @@ def certificate(wd, shards=None, *, progress: bool = True) -> dict:
     store = wd.store()
     if store.contains(sorted(forgotten)).any():
         problems.append("the data store still holds forgotten ids")
+    p = cfg.partition
+    moved = store.check_partition(shards=p.shards, slices=p.slices, strategy=p.strategy, seed=p.seed)
+    if moved:
+        problems.append(f"{len(moved)} example(s) sit in another (shard, slice) than partitioning the data store "
+                        f"afresh gives (first: id {moved[0]}): training from scratch would place them elsewhere")
     for ckpt in wd.checkpoints:
         for stage in ckpt.stages():
             try:

@@ -56,3 +56,21 @@ def test_audit_is_clean_after_forget_and_finds_unpurged_bytes(before_and_after, 
     assert not report["clean"]
     assert any("train.npz holds the feature bytes of forgotten id" in f for f in report["findings"])
     assert main(["audit", "--workdir", str(after)]) == 1
+
+
+def test_verify_fails_when_the_stored_partition_is_not_what_partitioning_afresh_gives(after):
+    """As with a partition that depended on other examples: the stored assignment of the survivors
+    differs from the one training on them from scratch would compute."""
+    import dataclasses
+
+    from sisa.data.store import Store
+
+    wd = Workdir.open(after)
+    store = wd.store()
+    moved = store.shard.copy()
+    moved[:3] = (moved[:3] + 1) % 3
+    dataclasses.replace(store, shard=moved).save(wd.store_path)
+    cert = sisa.verify(after, [0], progress=False)
+    assert cert["verdict"] == "FAILED"
+    assert any("3 example(s) sit in another (shard, slice)" in p for p in cert["problems"])
+    assert Store.load(wd.store_path).check_partition(shards=3, slices=3, strategy="uniform", seed=0) == store.ids[:3].tolist()

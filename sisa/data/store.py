@@ -25,6 +25,7 @@ class Store:
     y: np.ndarray  # [N] int32
     shard: np.ndarray  # [N] int32
     slice: np.ndarray  # [N] int32
+    group: np.ndarray  # [N] int64 group/user value (0 without a group column): `verify` re-partitions
 
     @classmethod
     def create(cls, ds: Dataset, *, shards: int, slices: int, strategy: str, seed: int) -> Store:
@@ -40,7 +41,15 @@ class Store:
             y=ds.y[order].astype(np.int32),
             shard=shard[order],
             slice=slc[order],
+            group=(np.zeros(len(ds.ids), np.int64) if ds.groups is None else ds.groups.astype(np.int64))[order],
         )
+
+    def check_partition(self, *, shards: int, slices: int, strategy: str, seed: int) -> list[int]:
+        """Ids whose stored (shard, slice) differs from partitioning the store's examples afresh
+        (empty for a deletion-stable partition: training on the store from scratch agrees)."""
+        shard, slc = partition.assign(self.ids, self.y, self.group, shards=shards, slices=slices, strategy=strategy,
+                                      seed=seed)
+        return self.ids[(shard != self.shard) | (slc != self.slice)].tolist()
 
     def __len__(self) -> int:
         return len(self.ids)
