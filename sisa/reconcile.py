@@ -10,7 +10,8 @@ the data store, each shard's finished stages with the requests their lineage saw
 their files are intact, leftovers of interrupted writes, the environment). It imports
 nothing heavy, so the invariants below are tested on synthetic snapshots without JAX:
 
-- the ids of every unfinished request leave the data store before anything is retrained;
+- the ids of every request (unfinished, or committed and back from a restored backup) leave
+  the data store before anything is retrained;
 - a checkpoint whose lineage holds an id of any request (committed or not) is dropped, with
   every later stage of its shard (stages are cumulative: they saw it too);
 - a final checkpoint whose files no longer match their digests is dropped (damage); nothing
@@ -47,7 +48,7 @@ class Stage:
 class Snapshot:
     slices: int
     requests: tuple[Request, ...]
-    unpurged: frozenset[int]  # seqs of requests with ids still in the data store
+    unpurged: frozenset[int]  # seqs of requests (any state) with ids in the data store
     checkpoints: dict[int, tuple[Stage, ...]]  # shard -> finished stages, oldest first
     leftovers: bool = False  # temporaries of interrupted writes, unfinished stages
     environment_change: str | None = None  # why the environment refuses, if it does
@@ -90,7 +91,7 @@ class Plan:
 def plan(snap: Snapshot) -> Plan:
     """The steps that bring the workdir described by `snap` to its goal. Pure."""
     finish = tuple(r.seq for r in snap.requests if r.state != "committed")
-    purge = tuple(seq for seq in finish if seq in snap.unpurged)
+    purge = tuple(r.seq for r in snap.requests if r.seq in snap.unpurged)
     drop, train = {}, {}
     last = snap.slices - 1
     for shard, stages in sorted(snap.checkpoints.items()):
@@ -116,9 +117,8 @@ def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, a
     ledger = Ledger(wd.ledger_path)
     entries = ledger.entries()
     requests = tuple(Request(e["seq"], frozenset(e["ids"]), e["state"]) for e in entries)
-    pending = [r for r in requests if r.state != "committed"]
-    store = wd.store() if pending else None
-    unpurged = frozenset(r.seq for r in pending if store.contains(sorted(r.ids)).any())
+    store = wd.store() if requests else None  # a committed request's ids may be back (a restored backup)
+    unpurged = frozenset(r.seq for r in requests if store.contains(sorted(r.ids)).any())
     # An id only ever sits in the shard the partition gives it, which the request recorded:
     # only those shards' lineages can hold it.
     touched: dict[int, set[int]] = {}

@@ -141,3 +141,25 @@ def test_a_shard_serves_the_same_bits_whichever_other_shards_are_served(run):
     members, rest = serve.shard_probabilities(Workdir.open(run), x)
     assert members.shards == [2] and members.pending == [0, 1]
     assert np.array_equal(rest[0], every[2])
+
+
+def test_a_restored_backup_brings_nothing_back(run, trained, tiny_cfg, tmp_path):
+    """An old data store and old checkpoints copied back over a forgotten run: the next writer
+    purges the ids again and rebuilds the stale checkpoints; readers never serve them meanwhile."""
+    from sisa.verification import compare
+
+    _, ds = trained
+    backup = tmp_path / "backup"
+    shutil.copytree(run, backup)
+    ids = _ids(run, 2, shard=1)
+    sisa.forget(run, ids, progress=False)
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(backup / "checkpoints", run / "checkpoints")
+    shutil.copy(backup / "data" / "train.npz", run / "data" / "train.npz")
+    assert 1 in sisa.evaluate(run)["left_out"]["pending"]
+    assert any("purge" in step for step in sisa.status(run)["pending_plan"])
+    sisa.train(run, progress=False)
+    assert not Workdir.open(run).store().contains(ids).any()
+    sisa.train(tmp_path / "scratch", tiny_cfg, dataset=ds.without(ids), progress=False)
+    assert compare(Workdir.open(run), Workdir.open(tmp_path / "scratch"))["identical"]
+    assert sisa.audit(run)["clean"]

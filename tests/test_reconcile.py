@@ -39,6 +39,11 @@ def test_a_committed_request_whose_id_reappears_in_a_checkpoint_drops_it():
     assert p.drop == {0: (2,)} and p.train == {0: 2} and p.finish == ()
 
 
+def test_ids_of_a_committed_request_back_in_the_store_are_purged_again():
+    p = plan(_snap({0: (Stage(0), Stage(1), Stage(2))}, [Request(1, frozenset({7}), "committed")], unpurged={1}))
+    assert p.purge == (1,) and p.finish == () and not p.train
+
+
 def test_only_damage_found_by_file_digests_drops_an_unseen_checkpoint():
     p = plan(_snap({0: (Stage(0), Stage(1), Stage(2, intact=False)), 1: (Stage(0), Stage(1), Stage(2, intact=None))}))
     assert p.drop == {0: (2,)} and p.train == {0: 2}
@@ -80,7 +85,7 @@ def test_plan_invariants_hold_on_any_snapshot(snap):
     last = snap.slices - 1
     pending = {r.seq for r in snap.requests if r.state != "committed"}
     assert set(p.finish) == pending
-    assert set(p.purge) == pending & snap.unpurged
+    assert set(p.purge) == set(snap.unpurged)  # committed requests too: ids back from a restored backup
     for shard, stages in snap.checkpoints.items():
         dropped = set(p.drop.get(shard, ()))
         assert list(p.drop.get(shard, ())) == sorted(dropped, reverse=True)
@@ -91,7 +96,7 @@ def test_plan_invariants_hold_on_any_snapshot(snap):
         kept = [s.stage for s in stages if s.stage not in dropped]
         restart = (kept[-1] if kept else -1) + 1
         assert p.train.get(shard) == (restart if restart <= last else None)
-    assert p.empty == (not (snap.leftovers or pending or p.drop or p.train))
+    assert p.empty == (not (snap.leftovers or pending or snap.unpurged or p.drop or p.train))
 
 
 def test_planning_imports_no_jax():

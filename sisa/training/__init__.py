@@ -1,1 +1,1 @@
-"""Training: one pure single-shard step, the shard ensemble under vmap, the stage loop."""
+"""Training: one pure single-shard step, the shard ensemble mapped over lanes, the stage loop."""

@@ -3,7 +3,7 @@
 `complete` is the one training loop. A fresh run has no checkpoints, so it trains every
 shard from stage 0; after a deletion has removed the checkpoints that saw deleted data, it
 retrains exactly the affected shards from their earliest affected stage; after a crash it
-resumes from the last checkpoint saved. All lanes train together in one vmapped program.
+resumes from the last checkpoint saved. All lanes train together in one program (sisa.training.ensemble).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def complete(wd, *, only=None, progress: bool = True, spread: bool = True) -> di
 
 
 def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
-    """Bring shards `todo` to the last stage in this process, all in one vmapped program."""
+    """Bring shards `todo` to the last stage in this process, all in one program."""
     t0 = time.perf_counter()
     cfg = wd.config
     shards, slices = cfg.partition.shards, cfg.partition.slices

@@ -1,6 +1,6 @@
 """Pure single-shard training: init, one step, one epoch.
 
-Every function here sees one shard only; `ensemble.py` vmaps them over the shard axis, so a
+Every function here sees one shard only; `ensemble.py` maps them over the shard axis, so a
 shard's result cannot depend on another shard's data (isolation by construction).
 """
 
