@@ -48,8 +48,10 @@ class Ledger:
         for n, line in enumerate(complete, 1):
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 raise SisaError(f"ledger {self.path} is corrupted: line {n} is not valid JSON") from None
+            if not isinstance(rec, dict):
+                raise SisaError(f"ledger {self.path} is corrupted: line {n} is not a ledger record")
             if rec.get("prev") != prev or rec.get("hash") != _digest(rec):
                 raise SisaError(
                     f"ledger {self.path} is corrupted: line {n} was altered or reordered (hash chain broken); "

@@ -27,11 +27,11 @@ def device_count(shards: int) -> int:
     most one per shard. Results are bitwise the same for any count."""
     import jax
 
+    from sisa.errors import SisaError
+
     want = os.environ.get("SISA_DEVICES", "all")
     available = jax.local_device_count()
-    n = available if want == "all" else int(want)
+    n = available if want == "all" else int(want) if want.strip().isdigit() else 0
     if not 1 <= n <= available:
-        from sisa.errors import SisaError
-
-        raise SisaError(f"SISA_DEVICES={want}: this process has {available} device(s)")
+        raise SisaError(f"SISA_DEVICES={want!r}: give a number from 1 to {available} (this process's devices) or 'all'")
     return max(1, min(n, shards))

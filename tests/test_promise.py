@@ -163,3 +163,22 @@ def test_a_restored_backup_brings_nothing_back(run, trained, tiny_cfg, tmp_path)
     sisa.train(tmp_path / "scratch", tiny_cfg, dataset=ds.without(ids), progress=False)
     assert compare(Workdir.open(run), Workdir.open(tmp_path / "scratch"))["identical"]
     assert sisa.audit(run)["clean"]
+
+
+@pytest.mark.parametrize("devices", ["0", "abc", "99"])
+def test_a_bad_device_count_is_refused_before_the_request_is_recorded(run, monkeypatch, devices):
+    monkeypatch.setenv("SISA_DEVICES", devices)
+    before = file_digests(run)
+    with pytest.raises(SisaError, match=f"SISA_DEVICES='{devices}': give a number from 1 to"):
+        sisa.forget(run, _ids(run, 1), progress=False)
+    assert file_digests(run) == before
+
+
+@pytest.mark.parametrize("line", [b"[1, 2]\n", b"17\n", b'"text"\n', b"\xff\xfe\n"])
+def test_a_ledger_line_that_is_no_record_is_refused(run, line):
+    sisa.forget(run, _ids(run, 1), progress=False)
+    with open(run / "ledger.jsonl", "ab") as f:
+        f.write(line)
+    for call in (lambda: sisa.ledger(run), lambda: sisa.status(run), lambda: sisa.forget(run, _ids(run, 1), progress=False)):
+        with pytest.raises(SisaError, match="ledger .* corrupted: line 5"):
+            call()
