@@ -23,10 +23,12 @@ def _human_bytes(n: int) -> str:
 
 def render(command: str, r: dict) -> str:
     if command == "train":
+        done = [f"done: {step}" for step in r.get("plan", []) if not step.startswith("train shard")]
         if not r["shards_trained"]:
-            return f"{r['workdir']}: already trained; nothing to do"
-        return (f"trained shards {r['shards_trained']} in {r['seconds']:.1f} s "
-                f"({r['examples_epochs']} example-epochs) -> {r['workdir']}")
+            return "\n".join([*done, f"{r['workdir']}: already trained; nothing to do" if not done else
+                               f"{r['workdir']}: no shard needed training"])
+        return "\n".join([*done, f"trained shards {r['shards_trained']} in {r['seconds']:.1f} s "
+                                  f"({r['examples_epochs']} example-epochs) -> {r['workdir']}"])
     if command == "forget":
         return "\n".join([
             f"forgot {r['forgotten']} id(s): ledger entry #{r['entry']} committed, head {r['hash'][:16]}",
