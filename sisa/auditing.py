@@ -24,7 +24,8 @@ LINEAGE_FIELDS = {"shard", "stage", "ids", "ids_digest", "config_digest", "state
 def audit(wd) -> dict:
     forgotten = sorted(Ledger(wd.ledger_path).forgotten())
     findings, notes = [], []
-    unpurged = wd.store().contains(forgotten) if forgotten else []
+    store = wd.store()
+    unpurged = store.contains(forgotten) if forgotten else []
     if any(unpurged):
         pending = [i for i, u in zip(forgotten, unpurged) if u]
         findings.append(f"the data store still holds {len(pending)} forgotten id(s) (first: {pending[0]})")
@@ -47,7 +48,7 @@ def audit(wd) -> dict:
                 findings.append(f"{where}: lineage digest is not over its own ids")
         if ckpt.directory.exists() and list(ckpt.directory.glob("*.orbax-checkpoint-tmp*")):
             findings.append(f"unfinished checkpoint writes left in {ckpt.directory}")
-    rows = _forgotten_rows(wd, forgotten, notes)
+    rows = _forgotten_rows(wd, store, forgotten, notes)
     if rows:
         files = [p for p in sorted(wd.root.rglob("*")) if p.is_file() and p.name != ".lock"]
         for path in files:
@@ -59,7 +60,7 @@ def audit(wd) -> dict:
             "forgotten": len(forgotten), "rows_scanned_for": len(rows)}
 
 
-def _forgotten_rows(wd, forgotten: list[int], notes: list[str]) -> dict[int, bytes]:
+def _forgotten_rows(wd, store, forgotten: list[int], notes: list[str]) -> dict[int, bytes]:
     """Feature bytes of forgotten examples that no retained example shares."""
     from sisa.data import datasets
     from sisa.errors import SisaError
@@ -73,7 +74,7 @@ def _forgotten_rows(wd, forgotten: list[int], notes: list[str]) -> dict[int, byt
         notes.append(f"original data set {name!r} unavailable, feature bytes not scanned: {e}")
         return {}
     try:
-        wd.store().check_source(ds, forgotten, str(wd.root))
+        store.check_source(ds, forgotten, str(wd.root))
     except SisaError:
         notes.append(f"data set {name!r} changed since training; feature bytes not scanned")
         return {}

@@ -190,7 +190,7 @@ def apply(wd, p: Plan, *, new_environment: dict | None = None, progress: bool = 
     entries = {e["seq"]: e for e in ledger.entries()}
     if p.purge:
         gone = sorted(set().union(*(entries[seq]["ids"] for seq in p.purge)))
-        wd.store().without(gone).save(wd.store_path)
+        wd.save_store(wd.store().without(gone))
         crash_point("after-purge")
     for seq in p.finish:
         ledger.advance(entries[seq], "purged")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sisa.aggregate import aggregate
+from sisa.data.datasets import nonfinite_rows
 from sisa.errors import SisaError
 from sisa.training.ensemble import ensemble_for, stack
 
@@ -74,11 +75,9 @@ def checked_inputs(wd, x) -> np.ndarray:
             x = x.reshape(len(x), *shape)
         else:
             raise SisaError(f"inputs have shape {x.shape[1:]} per example; this model takes {shape}")
-    if x.dtype.kind == "f" and len(x):
-        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
-        if len(bad):
-            raise SisaError(f"{len(bad)} input rows have NaN or infinite values (first: row {bad[0]}); "
-                            f"give every feature a finite value")
+    if len(bad := nonfinite_rows(x)):
+        raise SisaError(f"{len(bad)} input rows have NaN or infinite values (first: row {bad[0]}); "
+                        f"give every feature a finite value")
     return x
 
 
@@ -88,8 +87,8 @@ def shard_probabilities(wd, x: np.ndarray, members: Constituents | None = None) 
     depend on its width, and a shard's outputs must not depend on which others are pending."""
     import jax
 
+    x = checked_inputs(wd, x)  # before any checkpoint is read
     members = members or constituents(wd)
-    x = checked_inputs(wd, x)
     served, lanes = len(members.shards), max(wd.config.partition.shards, 2)
     params = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], lanes - served, axis=0)]), members.params)
     return members, ensemble_for(wd.trainer).probabilities(params, x)[:served]
@@ -137,9 +136,8 @@ def predict(wd, x: np.ndarray, aggregation: str | None = None) -> dict:
     data (as stored: e.g. 0..255 pixels when the model scales by 1/255 itself). Inputs whose range
     is far from the training data's (see `units_mismatch`; the training range is computed here,
     from the data store's current survivors, and never stored) raise an InputRangeWarning."""
-    x = checked_inputs(wd, x)
-    members, probs = shard_probabilities(wd, x)
-    if (why := units_mismatch(wd.store().x, x)) is not None:
+    members, probs = shard_probabilities(wd, x)  # checks the inputs first
+    if (why := units_mismatch(wd.store().x, np.asarray(x))) is not None:
         warnings.warn(why, InputRangeWarning, stacklevel=_caller_level())
     p, labels = aggregate(probs, aggregation or wd.config.aggregation)
     return {

@@ -145,7 +145,15 @@ class Workdir:
         raise SisaError(f"workdir {self.root} was trained with a different config ({'; '.join(diffs)})")
 
     def store(self) -> Store:
-        return Store.load(self.store_path)
+        """The data store, read once per Workdir (one command): a forget uses it at several steps,
+        and a large store costs a second per read. `save_store` is the one way sisa changes it."""
+        if "_store" not in self.__dict__:
+            self._store = Store.load(self.store_path)
+        return self._store
+
+    def save_store(self, store: Store) -> None:
+        store.save(self.store_path)
+        self._store = store
 
     def test_split(self) -> tuple[np.ndarray, np.ndarray]:
         with np.load(self.test_path) as f:

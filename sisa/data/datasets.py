@@ -104,7 +104,7 @@ def validate(ds: Dataset) -> None:
     if ds.groups is not None and len(ds.groups) != n:
         raise SisaError(f"data set {ds.name!r}: groups has {len(ds.groups)} rows, x has {n}")
     for split, x in (("training", ds.x), ("test", ds.x_test)):
-        if len(bad := _nonfinite_rows(x)):
+        if len(bad := nonfinite_rows(x)):
             first = f"id {ds.ids[bad[0]]}" if split == "training" else f"test row {bad[0]}"
             raise SisaError(
                 f"data set {ds.name!r}: {len(bad)} {split} rows have NaN or infinite features "
@@ -112,7 +112,7 @@ def validate(ds: Dataset) -> None:
             )
 
 
-def _nonfinite_rows(x: np.ndarray) -> np.ndarray:
+def nonfinite_rows(x: np.ndarray) -> np.ndarray:
     """Indices of the rows of `x` with a NaN or infinite value (integer data has none)."""
     if x.dtype.kind not in "fc" or not len(x):
         return np.zeros(0, np.int64)
