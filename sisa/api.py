@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -27,32 +28,66 @@ def train(workdir, config: Config | None = None, *, dataset=None, progress: bool
     A new workdir is created for `config` (default: `Config()`) on `dataset` (a `Dataset`;
     default: the one the config names). An existing one is resumed if `config` matches it:
     unfinished requests are carried out, damaged final checkpoints rebuilt, missing stages trained.
+
+    Whether the workdir is new is decided under the writer lock, so two trains of one new
+    workdir never both create it: the second gets WorkdirBusy, or resumes once the first is done.
+    A first train that fails removes what it created (an interrupted one stays, to be resumed).
     """
     from sisa import reconcile, runtime
-    from sisa.data import datasets
+    from sisa.workdir import WorkdirBusy, check_new, discard, make_root
 
     runtime.setup()
     root = Path(workdir)
-    if (root / MANIFEST).exists():
-        wd = Workdir.open(root)
-        if config is not None:
-            wd.check_config(config)
-        if dataset is not None:
-            from sisa.deletion_ledger import Ledger
-
-            wd.store().check_source(dataset, Ledger(wd.ledger_path).forgotten(), str(root))
-    else:
-        config = config or Config()
-        if dataset is None:
-            dataset = datasets.load(config.data.dataset, num_classes=config.data.num_classes)
-        elif config.data.num_classes is not None and config.data.num_classes != dataset.num_classes:
-            raise SisaError(f"config says {config.data.num_classes} classes, the data set has {dataset.num_classes}")
-        wd = Workdir.create(root, config, dataset)
-    with wd.lock():
-        done = reconcile.reconcile(wd, check_final_files=True, allow_environment_change=allow_environment_change,
-                                   progress=progress)
+    new_run = None
+    if not (root / MANIFEST).exists():  # check all that is cheap before the first byte is written
+        check_new(root)
+        new_run = _new_run(config, dataset)
+    made, created, wd = make_root(root), False, None
+    try:
+        with Workdir(root).lock():
+            try:
+                if (root / MANIFEST).exists():  # another train may have created it since
+                    wd = Workdir.open(root)
+                    if config is not None:
+                        wd.check_config(config)
+                    if dataset is not None:
+                        wd.store().check_source(dataset, wd.ledger().forgotten(), str(root))
+                else:
+                    new_run = new_run or _new_run(config, dataset)
+                    check_new(root)
+                    created = True  # from here on, what sisa writes into root is this call's
+                    wd = Workdir.create(root, *new_run)
+                done = reconcile.reconcile(wd, check_final_files=True,
+                                           allow_environment_change=allow_environment_change, progress=progress)
+            except Exception:
+                if created:
+                    if wd is not None:  # orbax may still be writing in the background: let it finish first
+                        with contextlib.suppress(Exception):
+                            wd.reload_checkpoints()
+                    discard(root, made, own=True)  # under the lock: no other train sees it half removed
+                raise
+    except Exception as e:
+        if not created and not isinstance(e, WorkdirBusy):
+            discard(root, made, own=False)  # only folders this call made, still empty
+        raise
     return {"workdir": str(root), "recovered_entries": done["committed"], "dropped_stages": done["dropped"],
             "plan": done["plan"], **done["trained"]}
+
+
+def _new_run(config: Config | None, dataset) -> tuple:
+    """(config, data set, data store) of a new run, each checked, SISA_DEVICES too; writes nothing."""
+    from sisa import runtime
+    from sisa.data import datasets
+    from sisa.data.store import Store
+
+    config = config or Config()
+    if dataset is None:
+        dataset = datasets.load(config.data.dataset, num_classes=config.data.num_classes)
+    elif config.data.num_classes is not None and config.data.num_classes != dataset.num_classes:
+        raise SisaError(f"config says {config.data.num_classes} classes, the data set has {dataset.num_classes}")
+    p = config.partition
+    runtime.device_count(p.shards)
+    return config, dataset, Store.create(dataset, shards=p.shards, slices=p.slices, strategy=p.strategy, seed=p.seed)
 
 
 @collective
@@ -85,15 +120,22 @@ def evaluate(workdir, aggregation: str | None = None) -> dict:
 
 
 def status(workdir) -> dict:
-    """Shards, slices, examples per shard and slice, deletions, disk use, pending work. Reads no model."""
-    from sisa import reconcile
-    from sisa.fsutil import disk_usage
-    from sisa.deletion_ledger import Ledger
+    """Shards, slices, examples per shard and slice, deletions, disk use, pending work. Reads no model.
+    Takes no lock: read again until one read saw no writer's change (sisa.serve.read_consistently)."""
+    from sisa.serve import read_consistently
 
     wd = Workdir.open(workdir)
+    # A fresh Workdir per read: it caches the data store and the checkpoint handles.
+    return read_consistently(wd, lambda: _status(Workdir.open(wd.root)), stages=True)
+
+
+def _status(wd: Workdir) -> dict:
+    from sisa import reconcile
+    from sisa.fsutil import disk_usage
+
     cfg, store = wd.config, wd.store()
     counts = store.counts(cfg.partition.shards, cfg.partition.slices)
-    entries = Ledger(wd.ledger_path).entries()
+    entries = wd.ledger().entries()
     return {
         "workdir": str(wd.root),
         "dataset": wd.manifest["dataset"]["name"],
@@ -123,27 +165,38 @@ def demo(workdir=None, *, progress: bool = True) -> dict:
 
 
 def ledger(workdir) -> dict:
-    """The deletion ledger's entries (chain checked) and its head hash."""
-    from sisa.deletion_ledger import Ledger
+    """The deletion ledger's entries (chain and anchors checked) and its head: the hash of its last
+    record, and `anchor`, "N:HASH", the line to keep outside the machine for `verify(expect_head=)`."""
+    from sisa.deletion_ledger import format_anchor
 
     wd = Workdir.open(workdir)
-    lg = Ledger(wd.ledger_path)
-    return {"head": lg.head(), "entries": lg.entries()}
+    lg = wd.ledger()
+    anchor = lg.anchor()
+    return {"head": anchor["hash"], "records": anchor["records"], "anchor": format_anchor(anchor),
+            "entries": lg.entries()}
 
 
 @collective
-def verify(workdir, shards=None, *, progress: bool = True) -> dict:
-    """Ledger chain, lineage of every checkpoint, and a bitwise retrain of `shards` from scratch."""
+def verify(workdir, shards=None, *, expect_head: str | None = None, progress: bool = True) -> dict:
+    """Ledger chain, lineage of every checkpoint, and a bitwise retrain of `shards` from scratch.
+    `expect_head`: a head printed earlier by `ledger` ("N:HASH"); refuses unless the ledger holds it."""
+    from sisa.deletion_ledger import parse_anchor
     from sisa.verification import certificate
 
-    return certificate(_open(workdir), shards, progress=progress)
+    kept = parse_anchor(expect_head) if expect_head is not None else None
+    wd = _open(workdir)
+    if kept is not None:
+        wd.ledger().check_anchor(kept, "the head you kept (--expect-head)")
+    return certificate(wd, shards, progress=progress)
 
 
-def audit(workdir) -> dict:
-    """Scan the workdir for feature bytes of forgotten examples and checkpoints that saw them."""
+def audit(workdir, source: str | None = None) -> dict:
+    """Scan the workdir (and sisa's caches) for feature bytes of forgotten examples, taken from the
+    original data (`source`, default the path or name recorded at training), and checkpoints that
+    saw them. Clean only when nothing was found and nothing was left unchecked. Writes nothing."""
     from sisa.auditing import audit as run_audit
 
-    return run_audit(_open(workdir))
+    return run_audit(_open(workdir), source)
 
 
 def compare(config, out_dir, *, progress: bool = True) -> dict:

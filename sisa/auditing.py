@@ -1,7 +1,12 @@
 """Look for anything of forgotten examples left in a workdir.
 
-Scans every file for the feature bytes of each forgotten example (taken from the original
-data set, which lives outside the workdir) and every checkpoint's lineage for forgotten ids.
+Scans every file sisa could have written (the workdir, verify's scratch area in it, sisa's
+program cache) for the feature bytes of each forgotten example and every checkpoint's lineage
+for forgotten ids. The bytes come from the original data the user keeps (the manifest's name
+or absolute path, or `source`): sisa itself keeps no recogniser of forgotten rows, since a
+digest of a row is a membership oracle. What cannot be checked (the source missing, changed
+or unreadable, a forgotten id absent from it, an unreadable file) is listed as `unchecked`,
+and the audit is clean only when nothing was found and everything was checked.
 A forgotten row whose bytes equal a retained row's is reported as such, not as a leak.
 It also checks that the manifest and lineages hold only the fields sisa writes, none of
 them computed over the data as a whole, and that each lineage's digest is over its own ids.
@@ -9,21 +14,26 @@ them computed over the data as a whole, and that each lineage's digest is over i
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 
 import numpy as np
 
 from sisa.checkpoint import CheckpointCorrupted, lineage_digest
-from sisa.deletion_ledger import Ledger
 
 # Everything sisa writes into a manifest and a lineage; anything else is unexplained.
-MANIFEST_FIELDS = {"format", "config_digest", "dataset", "environment", "created"}
+MANIFEST_FIELDS = {"format", "config_digest", "dataset", "environment", "created", "ledger_head"}
 DATASET_FIELDS = {"name", "num_classes", "input_shape", "scale"}
-LINEAGE_FIELDS = {"shard", "stage", "ids", "ids_digest", "config_digest", "state_digest", "process"}
+LINEAGE_FIELDS = {"shard", "stage", "ids", "ids_digest", "config_digest", "state_digest", "process",
+                  "ledger_head"}
 
 
-def audit(wd) -> dict:
-    forgotten = sorted(Ledger(wd.ledger_path).forgotten())
-    findings, notes = [], []
+def audit(wd, source: str | None = None) -> dict:
+    """What of forgotten examples is left, and what could not be checked. Writes nothing.
+
+    `source`: the original data (default: the manifest's data set name or absolute path)."""
+    forgotten = sorted(wd.ledger().forgotten())
+    findings, notes, unchecked = [], [], []
     store = wd.store()
     unpurged = store.contains(forgotten) if forgotten else []
     if any(unpurged):
@@ -33,11 +43,16 @@ def audit(wd) -> dict:
     if extra:
         findings.append(f"manifest holds fields sisa does not write (possibly computed over forgotten data): {sorted(extra)}")
     for ckpt in wd.checkpoints:
-        for stage in ckpt.stages():
+        try:
+            stages = ckpt.stages()
+        except FileNotFoundError:  # deleted by a concurrent writer while listed
+            stages = []
+        for stage in stages:
             try:
                 lineage = ckpt.lineage(stage)
             except CheckpointCorrupted as e:
-                findings.append(f"{e}: cannot tell what it saw")
+                if (ckpt.directory / str(stage)).is_dir():  # else a concurrent writer deleted it: nothing left
+                    findings.append(f"{e}: cannot tell what it saw")
                 continue
             where = f"checkpoint shard {ckpt.shard} stage {stage}"
             if set(forgotten).intersection(lineage["ids"]):
@@ -48,41 +63,78 @@ def audit(wd) -> dict:
                 findings.append(f"{where}: lineage digest is not over its own ids")
         if ckpt.directory.exists() and list(ckpt.directory.glob("*.orbax-checkpoint-tmp*")):
             findings.append(f"unfinished checkpoint writes left in {ckpt.directory}")
-    rows = _forgotten_rows(wd, store, forgotten, notes)
+    name = str(Path(source).resolve()) if source is not None else wd.manifest["dataset"]["name"]
+    rows = _forgotten_rows(wd, store, forgotten, name, notes, unchecked)
     if rows:
-        files = [p for p in sorted(wd.root.rglob("*")) if p.is_file() and p.name != ".lock"]
-        for path in files:
-            data = path.read_bytes()
-            for i, row in rows.items():
-                if row in data:
-                    findings.append(f"{path.relative_to(wd.root)} holds the feature bytes of forgotten id {i}")
-    return {"clean": not findings, "findings": findings, "notes": notes,
-            "forgotten": len(forgotten), "rows_scanned_for": len(rows)}
+        for path, shown in _files(wd, unchecked):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # removed while the scan ran (a concurrent forget): its bytes are gone
+                continue
+            except OSError as e:
+                unchecked.append(f"{shown} could not be read ({e.strerror or e}): not scanned")
+                continue
+            findings += [f"{shown} holds the feature bytes of forgotten id {i}" for i, row in rows.items() if row in data]
+    return {"clean": not findings and not unchecked, "findings": findings, "unchecked": unchecked, "notes": notes,
+            "source": name, "forgotten": len(forgotten), "rows_scanned_for": len(rows)}
 
 
-def _forgotten_rows(wd, store, forgotten: list[int], notes: list[str]) -> dict[int, bytes]:
-    """Feature bytes of forgotten examples that no retained example shares."""
+def _files(wd, unchecked: list[str]):
+    """(path, how to name it) of every file sisa could have written: the workdir (with verify's
+    scratch area) and sisa's program cache. Links are not followed: what they point to is elsewhere."""
+    from sisa import runtime
+
+    places = [(wd.root, True)]
+    cache = runtime.cache_dir()
+    if cache is not None and cache.is_dir():
+        places.append((cache, False))
+
+    def failed(e: OSError) -> None:
+        if not isinstance(e, FileNotFoundError):
+            unchecked.append(f"{e.filename} could not be listed ({e.strerror or e}): not scanned")
+
+    for root, relative in places:
+        for d, _, names in sorted(os.walk(root, onerror=failed)):
+            for n in sorted(names):
+                path = Path(d) / n
+                if not path.is_symlink():
+                    yield path, (path.relative_to(root) if relative else path)
+
+
+def _forgotten_rows(wd, store, forgotten: list[int], name: str, notes: list[str], unchecked: list[str]) -> dict[int, bytes]:
+    """Feature bytes of forgotten examples that no retained example shares, read from the
+    original data `name` (a registry name or a path). What cannot be read goes to `unchecked`."""
     from sisa.data import datasets
     from sisa.errors import SisaError
 
     if not forgotten:
         return {}
-    name = wd.manifest["dataset"]["name"]
+    what = f"the feature bytes of {len(forgotten)} forgotten id(s) were not scanned"
+    if name not in datasets.REGISTRY and not Path(name).exists():
+        unchecked.append(f"original data {name} is missing (moved or deleted?): {what}; pass it with --source PATH")
+        return {}
     try:
         ds = datasets.load(name)
-    except SisaError as e:
-        notes.append(f"original data set {name!r} unavailable, feature bytes not scanned: {e}")
+    except Exception as e:  # whatever keeps the source from being read
+        unchecked.append(f"original data {name} could not be read ({e}): {what}")
         return {}
     try:
         store.check_source(ds, forgotten, str(wd.root))
     except SisaError:
-        notes.append(f"data set {name!r} changed since training; feature bytes not scanned")
+        unchecked.append(f"original data {name} differs from the data trained on (a kept example's id, features "
+                         f"or label changed): {what}; pass the original with --source PATH")
         return {}
     pos = {int(i): k for k, i in enumerate(ds.ids)}
+    absent = [i for i in forgotten if i not in pos]
+    if absent:
+        unchecked.append(f"{len(absent)} forgotten id(s) are not in {name} (first: {absent[0]}): their feature "
+                         f"bytes were not scanned")
     gone = set(forgotten)
     retained = {ds.x[k].tobytes() for i, k in pos.items() if i not in gone}
     out = {}
     for i in forgotten:
+        if i not in pos:
+            continue
         row = np.ascontiguousarray(ds.x[pos[i]]).tobytes()
         if row in retained:
             notes.append(f"forgotten id {i} has the same features as a retained example")

@@ -4,17 +4,65 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import sys
 import warnings
 
 import numpy as np
 
+from sisa.data.datasets import MAX_ID
 from sisa.errors import SisaError
+from sisa.report import safe
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, `sisa <cmd>: error: ...` (exit 2); `--help` shows the usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {safe(message)}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        args, extra = self.parse_known_args(args, namespace)
+        if extra:  # named by the command they were given to, not by `sisa`
+            self.exit(2, f"{self.prog} {args.command}: error: unrecognized arguments: {safe(' '.join(extra))}\n")
+        return args
+
+
+def _whole(text: str) -> int | None:
+    """`text` as an integer if it is plain ASCII decimal digits (a leading '-' allowed), else None.
+    Not `int()`: it also takes '1_3', ' 7', '１２' (full-width) and other Unicode digits."""
+    digits = text[1:] if text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(text) if len(digits) <= 20 else (-1 if text.startswith("-") else 10**20)  # far out of any range
+
+
+def _flag(key: str):
+    """argparse type of an integer flag that sets config field `key`, with its range."""
+    from sisa.config import INT_RANGES
+
+    lo, hi = INT_RANGES[key]
+
+    def parse(text: str) -> int:
+        n = _whole(text)
+        if n is None or not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer from {lo} to {hi}, got {text!r}")
+        return n
+
+    return parse
+
+
+def _shard_number(text: str) -> int:
+    n = _whole(text)
+    if n is None or n < 0:
+        raise argparse.ArgumentTypeError(f"shards are numbered 0, 1, 2, ...; got {text!r}")
+    return n
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sisa", description="Exact machine unlearning by SISA training.", allow_abbrev=False)
+    p = _Parser(prog="sisa", description="Exact machine unlearning by SISA training.", allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(name, help, workdir=True):
@@ -27,10 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     t = cmd("train", "train (or resume) a sharded, sliced ensemble")
     t.add_argument("--config", help="TOML config (see experiments/)")
     t.add_argument("--dataset", help="registry name (mnist5k, digits, mnist, cifar10, svhn) or a path")
-    t.add_argument("--shards", type=int)
-    t.add_argument("--slices", type=int)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--seed", type=int, help="seed of the partition and of training")
+    t.add_argument("--shards", type=_flag("partition.shards"))
+    t.add_argument("--slices", type=_flag("partition.slices"))
+    t.add_argument("--epochs", type=_flag("train.epochs"))
+    t.add_argument("--seed", type=_flag("train.seed"), help="seed of the partition and of training")
     t.add_argument("--model", choices=["mlp", "cnn"])
     t.add_argument("--strategy", choices=["uniform", "stratified", "grouped"])
     t.add_argument("--aggregation", choices=["vote", "softmax"], help="default aggregation of the run")
@@ -52,10 +100,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--aggregation", choices=["vote", "softmax"])
 
     cmd("status", "shards, slices, examples, deletions, disk use")
-    cmd("ledger", "list the deletion ledger")
+    lg = cmd("ledger", "list the deletion ledger")
+    lg.add_argument("--head", action="store_true",
+                    help="print only the ledger's head, N:HASH: keep it outside this machine and give it back to "
+                         "`sisa verify --expect-head` to prove the ledger was not cut since")
     v = cmd("verify", "check ledger and lineage, retrain from scratch, compare bit for bit")
-    v.add_argument("--shards", type=int, nargs="+", help="shards to retrain (default all)")
-    cmd("audit", "scan the workdir for anything of forgotten examples")
+    v.add_argument("--shards", type=_shard_number, nargs="+", help="shards to retrain (default all)")
+    v.add_argument("--expect-head", metavar="N:HASH",
+                   help="a head printed earlier by `sisa ledger --head`; fail unless the ledger still holds it")
+    a = cmd("audit", "scan the workdir for anything of forgotten examples")
+    a.add_argument("--source", help="the original data set file or directory (default: the path recorded at training)")
 
     c = cmd("compare", "exact (SISA) vs approximate unlearning benchmark", workdir=False)
     c.add_argument("--config", required=True, help="compare config TOML, e.g. experiments/compare_mnist5k.toml")
@@ -90,12 +144,17 @@ def _config(args):
 
 
 def parse_ids(tokens: list[str], source: str) -> list[int]:
+    """Ids as plain ASCII decimal numbers from 0 to MAX_ID; anything else is refused, quoted."""
     out = []
     for tok in tokens:
-        try:
-            out.append(int(tok))
-        except ValueError:
-            raise SisaError(f"not an integer id in {source}: {tok!r}") from None
+        n = _whole(tok)
+        if n is None:
+            shown = repr(tok) if len(tok) <= 40 else repr(tok[:40]) + "..."
+            raise SisaError(f"not an integer id in {source}: {shown} (ids are plain decimal numbers from 0 to {MAX_ID})")
+        if not 0 <= n <= MAX_ID:
+            raise SisaError(f"id {tok if len(tok) <= 40 else tok[:40] + '...'} in {source} is out of range: ids are "
+                            f"0 to {MAX_ID}")
+        out.append(n)
     return out
 
 
@@ -103,11 +162,30 @@ def _ids(args) -> list[int]:
     ids = parse_ids(args.ids, "arguments")
     if args.ids_file:
         try:
-            text = open(args.ids_file).read()
+            with open(args.ids_file, "rb") as f:
+                text = f.read().decode()
         except OSError as e:
             raise SisaError(f"cannot read ids file {args.ids_file}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise SisaError(f"ids file {args.ids_file} is not UTF-8 text (byte {e.start}); write one decimal id "
+                            "per line, or separate them with spaces or commas") from None
         ids += parse_ids(text.replace(",", " ").split(), args.ids_file)
     return ids
+
+
+def _shards(args) -> list[int] | None:
+    """`verify --shards`: each a shard of the workdir, each once."""
+    if args.shards is None:
+        return None
+    from sisa.workdir import Workdir
+
+    n = Workdir.open(args.workdir).config.partition.shards
+    for i, s in enumerate(args.shards):
+        if s >= n:
+            raise SisaError(f"no shard {s} in {args.workdir}: its shards are 0 to {n - 1}")
+        if s in args.shards[:i]:
+            raise SisaError(f"shard {s} is given twice")
+    return args.shards
 
 
 def _load_input(path: str) -> np.ndarray:
@@ -149,6 +227,8 @@ def _load_input(path: str) -> np.ndarray:
     if x.ndim < 2:
         raise SisaError(f"input {path} must be one array of shape [N, ...]; got shape {x.shape} "
                         f"(for one example, save x[None])")
+    if not len(x):
+        raise SisaError(f"input {path} holds no examples (shape {x.shape}); save at least one row")
     return x
 
 
@@ -156,6 +236,9 @@ def run(args) -> dict:
     from sisa import api
 
     progress = sys.stderr.isatty()
+    workdir = getattr(args, "workdir", None)
+    if workdir is not None and os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise SisaError(f"workdir {workdir} is not a directory")
     match args.command:
         case "train":
             return api.train(args.workdir, _config(args), progress=progress,
@@ -170,11 +253,12 @@ def run(args) -> dict:
         case "status":
             return api.status(args.workdir)
         case "ledger":
-            return api.ledger(args.workdir)
+            r = api.ledger(args.workdir)
+            return {k: r[k] for k in ("anchor", "records", "head")} if args.head else r
         case "verify":
-            return api.verify(args.workdir, args.shards, progress=progress)
+            return api.verify(args.workdir, _shards(args), expect_head=args.expect_head, progress=progress)
         case "audit":
-            return api.audit(args.workdir)
+            return api.audit(args.workdir, args.source)
         case "compare":
             from pathlib import Path
 
@@ -186,22 +270,31 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        if args.command != "predict":
-            result = run(args)
-        else:  # its warnings about the inputs are shown as one line each
-            with warnings.catch_warnings(record=True) as caught:
-                try:
-                    result = run(args)
-                finally:
-                    _show_warnings(args.command, caught)
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # a usage error, one line (_Parser.error), or --help
+        return e.code if isinstance(e.code, int) else 1
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # sisa's own are shown as one line each
+            try:
+                result = run(args)
+            finally:
+                _show_warnings(args.command, caught)
     except SisaError as e:
-        print(f"sisa {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return _refuse(args, str(e))
     except KeyboardInterrupt:
         print(f"sisa {args.command}: interrupted; the next command recovers", file=sys.stderr)
         return 130
+    except Exception as e:  # still one line: an error of the system (a full disk), else a bug
+        if os.environ.get("SISA_DEBUG"):
+            raise
+        why = _os_error(e, getattr(args, "workdir", None))
+        if why is None:
+            return _refuse(args, f"unexpected {type(e).__name__}: {str(e)[:500]} (a bug in sisa? run again with "
+                                 "SISA_DEBUG=1 for the traceback)")
+        if args.command in ("train", "forget"):
+            why += f"; once that is fixed, `sisa train --workdir {args.workdir}` finishes what this command began"
+        return _refuse(args, why)
     if args.json:
         print(json.dumps(result, default=_jsonable))
     elif result.get("role") == "follower":  # a cluster process other than the leader (sisa.cluster)
@@ -215,13 +308,34 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _refuse(args, message: str) -> int:
+    print(f"sisa {args.command}: error: {safe(message)}", file=sys.stderr)
+    return 1
+
+
+def _os_error(e: BaseException, where: str | None) -> str | None:
+    """`<strerror>: <file>` of the operating-system error behind `e`, the first in its chain (a
+    full disk, say, rather than a clean-up that failed because of it): an OSError, or one that
+    orbax's storage layer (tensorstore) names by code in its message. None if none."""
+    seen, found = set(), None
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            found = e.errno, e.filename
+        elif m := re.search(r"os_error_code='?(\d+)", str(e)):
+            found = int(m[1]), next(iter(re.findall(r'file "([^"]+)"', str(e))), None)
+        e = e.__cause__ or e.__context__
+    return None if found is None else f"{os.strerror(found[0])}: {found[1] or where or 'unknown file'}"
+
+
 def _show_warnings(command: str, caught: list) -> None:
     """sisa's own warnings (about the user's input) as one line `sisa <cmd>: warning: ...`;
     any other warning as Python would have shown it."""
-    serve = sys.modules.get("sisa.serve")  # not imported: none of its warnings can have been raised
-    for w in caught:
-        if serve is not None and issubclass(w.category, serve.InputRangeWarning):
-            print(f"sisa {command}: warning: {w.message}", file=sys.stderr)
+    own = tuple(getattr(sys.modules.get(m), name) for m, name in (
+        ("sisa.serve", "InputRangeWarning"), ("sisa.training.aot", "ProgramCacheWarning")) if m in sys.modules)
+    for w in caught:  # a module not imported raised none of its warnings
+        if issubclass(w.category, own):
+            print(f"sisa {command}: warning: {safe(w.message)}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
 
@@ -240,6 +354,12 @@ def entry() -> None:
     cluster, exit normally so that jax.distributed shuts down in order."""
     from sisa import cluster
 
+    if not os.environ.get("SISA_DEBUG"):
+        # After a failed write (a full disk) orbax logs it in each of its threads, and callbacks
+        # of its storage layer raise into a closed event loop ("exception ignored"), tracebacks
+        # and all; main() reports the error that reaches it, once. sisa itself logs nothing.
+        logging.disable(logging.ERROR)
+        sys.unraisablehook = lambda unraisable: None
     try:
         code = main()
         sys.stdout.flush()

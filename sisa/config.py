@@ -15,6 +15,7 @@ import types
 import typing
 from pathlib import Path
 
+from sisa.data.datasets import MAX_CLASSES
 from sisa.errors import SisaError
 
 
@@ -97,24 +98,74 @@ class Config:
 
 
 AGGREGATIONS = ("vote", "softmax")
+SEED_LIMIT = 2**32  # seeds lie in [0, 2**32): what numpy's and JAX's generators take
+
+# field -> smallest and largest accepted integer
+INT_RANGES = {
+    "data.num_classes": (2, MAX_CLASSES),
+    "partition.shards": (1, 2**20),
+    "partition.slices": (1, 2**16),
+    "partition.seed": (0, SEED_LIMIT - 1),
+    "train.epochs": (1, 10**6),
+    "train.batch_size": (1, 2**24),
+    "train.seed": (0, SEED_LIMIT - 1),
+    "train.checkpoint_every": (1, 2**16),
+}
+# field -> (what it is called in a message, accepted values)
+_CHOICES = {
+    "partition.strategy": ("partition strategy", ("uniform", "stratified", "grouped")),
+    "model.name": ("model", ("mlp", "cnn")),
+    "train.schedule": ("epoch schedule", ("budget", "uniform")),
+    "train.optimizer": ("optimizer", ("adam", "adamw", "sgd")),
+    "aggregation": ("aggregation", AGGREGATIONS),
+}
+MAX_WIDTH = 2**16  # one entry of model.hidden
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def check(cfg: Config) -> None:
-    p, t = cfg.partition, cfg.train
-    if p.shards < 1 or p.slices < 1:
-        raise SisaError(f"shards and slices must be >= 1, got shards={p.shards}, slices={p.slices}")
-    if p.strategy not in ("uniform", "stratified", "grouped"):
-        raise SisaError(f"unknown partition strategy {p.strategy!r} (uniform, stratified, grouped)")
-    if t.epochs < 1 or t.batch_size < 1 or not t.learning_rate > 0 or t.checkpoint_every < 1:
-        raise SisaError("epochs, batch_size and checkpoint_every must be >= 1 and learning_rate > 0")
-    if t.schedule not in ("budget", "uniform"):
-        raise SisaError(f"unknown epoch schedule {t.schedule!r} (budget, uniform)")
-    if t.optimizer not in ("adam", "adamw", "sgd"):
-        raise SisaError(f"unknown optimizer {t.optimizer!r} (adam, adamw, sgd)")
-    if cfg.model.name not in ("mlp", "cnn"):
-        raise SisaError(f"unknown model {cfg.model.name!r} (mlp, cnn)")
-    if cfg.aggregation not in AGGREGATIONS:
-        raise SisaError(f"unknown aggregation {cfg.aggregation!r} ({', '.join(AGGREGATIONS)})")
+    """Refuse any field of the wrong type or out of range, naming it and what is accepted."""
+    for name, cls in (("data", DataConfig), ("partition", PartitionConfig), ("model", ModelConfig),
+                      ("train", TrainConfig)):
+        if not isinstance(getattr(cfg, name), cls):
+            raise SisaError(f"config [{name}] must be a table of settings, got {_shown(getattr(cfg, name))}")
+    fields = {"aggregation": cfg.aggregation}
+    for section in ("data", "partition", "model", "train"):
+        part = getattr(cfg, section)
+        fields |= {f"{section}.{f.name}": getattr(part, f.name) for f in dataclasses.fields(part)}
+    for key, (lo, hi) in INT_RANGES.items():
+        v = fields[key]
+        if key == "data.num_classes" and v is None:
+            continue
+        if not _is_int(v) or not lo <= v <= hi:
+            raise SisaError(f"{key} must be an integer from {lo} to {hi}, got {_shown(v)}")
+    for key, (what, choices) in _CHOICES.items():
+        if not isinstance(fields[key], str) or fields[key] not in choices:
+            raise SisaError(f"unknown {what} {_shown(fields[key])} ({key}: one of {', '.join(choices)})")
+    if not isinstance(cfg.data.dataset, str) or not cfg.data.dataset:
+        raise SisaError(f"data.dataset must be a data set name or path, got {_shown(cfg.data.dataset)}")
+    hidden = cfg.model.hidden
+    if not isinstance(hidden, tuple) or len(hidden) > 64 or not all(_is_int(h) and 1 <= h <= MAX_WIDTH for h in hidden):
+        raise SisaError(f"model.hidden must be at most 64 layer widths (a TOML list, a Python tuple), each an "
+                        f"integer from 1 to {MAX_WIDTH}, got {_shown(hidden)}")
+    d = cfg.model.dropout
+    if not _is_number(d) or not 0 <= d < 1:
+        raise SisaError(f"model.dropout must be a number in [0, 1), got {_shown(d)}")
+    lr = cfg.train.learning_rate
+    if not _is_number(lr) or not (math.isfinite(lr) and lr > 0):
+        raise SisaError(f"train.learning_rate must be a finite number > 0, got {_shown(lr)}")
 
 
 def from_dict(d: dict) -> Config:
@@ -124,7 +175,7 @@ def from_dict(d: dict) -> Config:
         if f.name not in d:
             continue
         value = d[f.name]
-        if isinstance(value, dict):
+        if isinstance(value, dict) and f.name != "aggregation":  # a table of settings; `check` refuses any other value
             cls = f.type if isinstance(f.type, type) else _resolve(f.type)
             value = _section(cls, f.name, value)
         sections[f.name] = value
@@ -164,11 +215,15 @@ def load(path: str | Path) -> Config:
             d = tomllib.load(f)
     except FileNotFoundError:
         raise SisaError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise SisaError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise SisaError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise SisaError(f"config file {path} is not valid TOML: {e}") from None
     try:
         return from_dict(d)
-    except TypeError as e:
+    except (SisaError, TypeError) as e:
         raise SisaError(f"config file {path}: {e}") from None
 
 

@@ -5,6 +5,12 @@ Each line is one record: a `request` (seq, ids, where they sat, reference, reaso
 `environment` change the user accepted (library versions, backend: see sisa.environment).
 Every record holds the previous record's hash and its own, so an edited or reordered line
 breaks the chain and is detected. A request is on disk before any work for it starts.
+
+A chain cannot tell a cut (lines removed from its end, the file emptied or deleted) from a
+shorter history, so its head, an anchor {"records": n, "hash": h}, is also kept elsewhere: in
+the workdir's manifest after every append, in every checkpoint's lineage, and by the user
+(`sisa ledger --head`, given back to `sisa verify --expect-head`). An anchor holds when the
+ledger's n-th record has hash h; the ledger only grows, so every anchor ever taken must hold.
 """
 
 from __future__ import annotations
@@ -32,14 +38,63 @@ def _digest(record: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def parse_anchor(text: str) -> dict:
+    """`N:HASH`, as `sisa ledger --head` prints it, to an anchor."""
+    n, _, h = text.strip().partition(":")
+    if not (n.isascii() and n.isdigit() and len(h) == 64 and all(c in "0123456789abcdef" for c in h)):
+        raise SisaError(f"not a ledger head: {text!r}; give it as `sisa ledger --head` prints it, N:HASH "
+                        "(records, then the 64 hex digits of the last record's hash)")
+    return {"records": int(n), "hash": h}
+
+
+def format_anchor(anchor: dict) -> str:
+    return f"{anchor['records']}:{anchor['hash']}"
+
+
 class Ledger:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, anchor: dict | None = None, on_append=None):
+        """`anchor`: a head recorded elsewhere that this ledger must still hold (see above);
+        `on_append(anchor)`: called with the new head after every durable append."""
         self.path = Path(path)
+        self._anchor, self._on_append = anchor, on_append
+        self._cache: tuple | None = None  # ((size, mtime_ns), records): a command reads it often
 
     def records(self) -> list[dict]:
-        """All records, chain checked. A torn last line (crash mid-append) is ignored."""
-        if not self.path.exists():
-            return []
+        """All records, chain and anchor checked. A torn last line (crash mid-append) is ignored."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            st = None
+        key = None if st is None else (st.st_size, st.st_mtime_ns)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._read() if st is not None else [])
+        out = self._cache[1]
+        if self._anchor is not None:
+            self._check(out, self._anchor, "the workdir's manifest")
+        return out
+
+    def check_anchor(self, anchor, where: str) -> None:
+        """Refuse unless this ledger holds `anchor` (a head taken earlier, kept in `where`)."""
+        if not (isinstance(anchor, dict) and type(anchor.get("records")) is int and anchor["records"] >= 0
+                and isinstance(anchor.get("hash"), str)):
+            raise SisaError(f"{where} holds no valid ledger head (edited, or written by an older sisa); refusing to go on")
+        self._check(self.records(), anchor, where)
+
+    def anchor(self) -> dict:
+        recs = self.records()
+        return {"records": len(recs), "hash": recs[-1]["hash"] if recs else GENESIS}
+
+    def _check(self, recs: list[dict], anchor: dict, where: str) -> None:
+        n, h = anchor["records"], anchor["hash"]
+        if (recs[n - 1]["hash"] if 0 < n <= len(recs) else GENESIS if n == 0 else None) == h:
+            return
+        torn = self.path.exists() and not self.path.read_bytes().endswith(b"\n") and self.path.stat().st_size > 0
+        raise SisaError(
+            f"ledger {self.path} does not hold the head kept in {where} (record {n}, hash {h[:16]}...): it holds "
+            f"{len(recs)} complete record(s){' and its last line has no newline' if torn else ''}; the ledger was cut "
+            f"or replaced, so deletions may be missing from it. Restore it from a backup; refusing to go on")
+
+    def _read(self) -> list[dict]:
         raw = self.path.read_bytes()
         lines = raw.split(b"\n")
         complete, torn = lines[:-1], lines[-1]
@@ -62,8 +117,7 @@ class Ledger:
         return out
 
     def head(self) -> str:
-        recs = self.records()
-        return recs[-1]["hash"] if recs else GENESIS
+        return self.anchor()["hash"]
 
     def entries(self) -> list[dict]:
         """One dict per request, with its current state and the time of each state."""
@@ -106,8 +160,9 @@ class Ledger:
             self._append({"kind": "state", "seq": entry["seq"], "state": state})
 
     def _append(self, record: dict) -> None:
+        prev = self.head()  # checks the anchor first: a cut must not be written over
         self._drop_torn_tail()
-        record = {**record, "time": _now(), "prev": self.head()}
+        record = {**record, "time": _now(), "prev": prev}
         record["hash"] = _digest(record)
         new = not self.path.exists()
         line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
@@ -120,6 +175,10 @@ class Ledger:
             os.fsync(f.fileno())
         if new:
             fsync_dir(self.path.parent)
+        self._cache = None
+        if self._on_append is not None:
+            crash_point("before-ledger-anchor")
+            self._on_append(self.anchor())
 
     def _drop_torn_tail(self) -> None:
         if not self.path.exists():

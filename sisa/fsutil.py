@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -45,4 +46,14 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
 
 
 def disk_usage(path: str | Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes in the files under `path`. A writer may remove files and folders while this walks
+    (readers take no lock): what vanishes is not counted."""
+    total = 0
+    for top, _, files in os.walk(path):  # a folder that vanishes is skipped (no onerror)
+        for name in files:
+            try:
+                st = os.stat(os.path.join(top, name))
+            except FileNotFoundError:
+                continue
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total

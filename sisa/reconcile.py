@@ -26,6 +26,7 @@ pending work; only `apply`, under the writer lock, changes anything.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 from sisa.errors import SisaError
 
@@ -111,10 +112,9 @@ def plan(snap: Snapshot) -> Plan:
 
 def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, allow_environment_change=False):
     """Read the workdir into a Snapshot (and the environment to record, if the user allowed a
-    change). `check_final_files` hashes each final checkpoint's files against their digests."""
-    from sisa.deletion_ledger import Ledger
-
-    ledger = Ledger(wd.ledger_path)
+    change). `check_final_files` hashes each final checkpoint's files against their digests.
+    Refuses when a lineage read holds a ledger head the ledger lacks (a cut ledger)."""
+    ledger = wd.ledger()
     entries = ledger.entries()
     requests = tuple(Request(e["seq"], frozenset(e["ids"]), e["state"]) for e in entries)
     store = wd.store() if requests else None  # a committed request's ids may be back (a restored backup)
@@ -129,14 +129,18 @@ def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, a
     last = wd.config.partition.slices - 1
     checkpoints, leftovers = {}, any((wd.root / "data").glob(".*.tmp"))
     for ckpt in wd.checkpoints:
-        stages = []
-        for stage in ckpt.stages():
+        stages, listed = [], ckpt.stages()
+        for stage in listed:
             saw = frozenset()
-            if ckpt.shard in touched:
+            if ckpt.shard in touched or stage == listed[-1]:  # every shard's newest lineage anchors the ledger
                 try:
-                    ids = set(ckpt.lineage(stage)["ids"])
+                    lineage = ckpt.lineage(stage)
+                    ids = set(lineage["ids"])
                 except SisaError:  # an unreadable lineage cannot prove what it saw
-                    ids = None
+                    lineage, ids = None, None
+                if lineage is not None:
+                    ledger.check_anchor(lineage.get("ledger_head"), f"the lineage of shard {ckpt.shard} stage {stage}")
+            if ckpt.shard in touched:
                 saw = frozenset(seq for seq in touched[ckpt.shard] if ids is None or not by_seq[seq].isdisjoint(ids))
             intact = ckpt.files_intact(stage) if check_final_files and stage == last else None
             stages.append(Stage(stage, saw, intact))
@@ -168,7 +172,6 @@ def reconcile(wd, *, check_final_files: bool = False, allow_environment_change: 
 def apply(wd, p: Plan, *, new_environment: dict | None = None, progress: bool = True) -> dict:
     """Carry out a plan step by step. Every step is safe to repeat after a crash: the next
     snapshot sees what was done and plans the rest."""
-    from sisa.deletion_ledger import Ledger
     from sisa.faults import crash_point
     from sisa.training.loop import complete
 
@@ -179,7 +182,7 @@ def apply(wd, p: Plan, *, new_environment: dict | None = None, progress: bool = 
         return done
     if p.refused:
         raise SisaError(p.refused)
-    ledger = Ledger(wd.ledger_path)
+    ledger = wd.ledger()
     if new_environment is not None:
         ledger.accept_environment(wd.manifest["environment"], new_environment)
     if p.clear_leftovers:
@@ -191,6 +194,7 @@ def apply(wd, p: Plan, *, new_environment: dict | None = None, progress: bool = 
     if p.purge:
         gone = sorted(set().union(*(entries[seq]["ids"] for seq in p.purge)))
         wd.save_store(wd.store().without(gone))
+        shutil.rmtree(wd.scratch_root, ignore_errors=True)  # a running verify's retrain saw the purged rows
         crash_point("after-purge")
     for seq in p.finish:
         ledger.advance(entries[seq], "purged")

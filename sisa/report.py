@@ -2,6 +2,31 @@
 
 from __future__ import annotations
 
+# Characters a terminal acts on instead of showing: C0 controls (newline and tab included), DEL,
+# C1 controls, the Unicode line separators and the bidi embeddings, overrides and isolates.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+_ESCAPES |= {c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+_ESCAPES |= {c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)}  # undecodable bytes of a path (no UTF-8 either)
+
+
+def safe(text) -> str:
+    """`text` with every character a terminal would act on written as a visible escape
+    (`\\x1b`, `\\n`, `\\u202e`): user text (paths, request references, messages quoting
+    them) can neither move the cursor, recolour, hide lines nor reorder what is shown."""
+    return str(text).translate(_ESCAPES)
+
+
+def _safe_tree(v):
+    """`v` with every string in it (dict keys too) passed through `safe`."""
+    if isinstance(v, str):
+        return safe(v)
+    if isinstance(v, dict):
+        return {_safe_tree(k): _safe_tree(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_safe_tree(x) for x in v)
+    return v
+
 
 def _table(header: list[str], rows: list[list]) -> str:
     cells = [header] + [[_fmt(c) for c in r] for r in rows]
@@ -22,6 +47,10 @@ def _human_bytes(n: int) -> str:
 
 
 def render(command: str, r: dict) -> str:
+    """Every string of the result is shown through `safe`; the line breaks are render's own."""
+    if command == "demo":  # its text is lines sisa wrote, quoting the user's workdir
+        return "\n".join(map(safe, r["text"].split("\n")))
+    r = _safe_tree(r)
     if command == "train":
         done = [f"done: {step}" for step in r.get("plan", []) if not step.startswith("train shard")]
         if not r["shards_trained"]:
@@ -56,10 +85,13 @@ def render(command: str, r: dict) -> str:
             f"pending work: {'; '.join(r['pending_plan']) or 'none'}",
             f"disk: {_human_bytes(disk['total'])} (checkpoints {_human_bytes(disk['checkpoints'])}, data {_human_bytes(disk['data'])})",
         ])
+    if command == "ledger" and "entries" not in r:  # --head: the one line to keep
+        return r["anchor"]
     if command == "ledger":
         rows = [[e["seq"], e["state"], len(e["ids"]), e["request"] or "", e["times"]["requested"], e["hash"][:16]]
                 for e in r["entries"]]
-        return _table(["seq", "state", "ids", "request", "requested", "hash"], rows) + f"\nhead: {r['head']}"
+        keep = "keep it off this machine; `sisa verify --expect-head` checks it later"
+        return _table(["seq", "state", "ids", "request", "requested", "hash"], rows) + f"\nhead: {r['anchor']}  ({keep})"
     if command == "verify":
         rows = [[s, r["served"][:16] if r["served"] else "-", "yes" if r["identical"] else "NO"]
                 for s, r in r["shards"].items()]
@@ -73,9 +105,11 @@ def render(command: str, r: dict) -> str:
             *[f"problem: {p}" for p in r["problems"]],
         ])
     if command == "audit":
-        head = "clean: nothing of forgotten examples found" if r["clean"] else "FOUND traces of forgotten examples"
+        head = ("clean: nothing of forgotten examples found" if r["clean"] else "FOUND traces of forgotten examples"
+                if r["findings"] else "NOT CLEAN: parts could not be checked")
         return "\n".join([f"{head} ({r['forgotten']} forgotten, {r['rows_scanned_for']} scanned for by bytes)",
-                          *[f"finding: {f}" for f in r["findings"]], *[f"note: {n}" for n in r["notes"]]])
+                          *[f"finding: {f}" for f in r["findings"]], *[f"could not check: {u}" for u in r["unchecked"]],
+                          *[f"note: {n}" for n in r["notes"]]])
     if command == "compare":
         return f"{r['report']} ({r['wall_seconds']:.0f} s); plots: {', '.join(r['plots'])}"
     if command == "demo":

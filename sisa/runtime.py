@@ -17,7 +17,8 @@ def setup() -> None:
 
 def cache_dir() -> Path | None:
     """Where compiled programs are kept across processes (sisa.training.aot): SISA_CACHE_DIR,
-    default ~/.cache/sisa/programs; "off" keeps none. Programs hold no training data."""
+    default ~/.cache/sisa/programs; "off" keeps none. Programs hold no training data. Used only
+    if owned by this user and not writable by group or others (else compiled afresh, warned)."""
     where = os.environ.get("SISA_CACHE_DIR", str(Path.home() / ".cache" / "sisa" / "programs"))
     return None if where == "off" else Path(where)
 

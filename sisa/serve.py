@@ -3,12 +3,28 @@
 Only shards whose final-stage checkpoint exists are served. A pending shard (its retraining
 not finished, or its final checkpoint damaged) or an empty one (all its data deleted) is left
 out of the aggregate and named. Serving only reads: repairs are a writer's job (`sisa train`).
+
+Readers (predict, evaluate, status) take no lock and read optimistically, so they never block
+a writer. A writer changes a workdir only by appending to the ledger, replacing a file whole
+(data store, manifest, digest records) and adding or removing whole checkpoint stages (a
+stage is renamed away, then removed). `read_consistently` takes the workdir's `version` (the
+ledger's and the data store's file identities; with `stages`, every shard's stage listing)
+before and after a read. If it changed, or the read failed because a stage vanished or was
+replaced under it, the reader drops its checkpoint handles and reads again (at most TRIES
+times, then one clear error). Serving a stage that saw a forgotten id is ruled out even
+without that: the ledger is read before any checkpoint, and each stage's lineage is restored
+with its state and checked against the state's digest, so no served stage saw an id whose
+request was recorded before the read began. What a retry adds is one consistent answer: a
+shard is left out as pending only because of the ledger this read saw.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -17,7 +33,53 @@ import numpy as np
 from sisa.aggregate import aggregate
 from sisa.data.datasets import nonfinite_rows
 from sisa.errors import SisaError
-from sisa.training.ensemble import ensemble_for, stack
+
+TRIES, PAUSE = 50, 0.02  # reads of a changing workdir before giving up; seconds between them (times 1..2)
+
+
+class _Changed(Exception):
+    """A read failed because a writer replaced or removed what it was reading."""
+
+
+def _identity(path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def version(wd, stages: bool = False) -> tuple:
+    """What changes whenever a writer changes what readers read: the ledger (append-only) and
+    the data store (replaced whole); with `stages`, each shard's stage and record listing."""
+    out = [_identity(wd.ledger_path), _identity(wd.store_path)]
+    if stages:
+        for d in sorted(wd.checkpoint_root.glob("shard_*")):  # shard_NNNN/ and shard_NNNN.files/
+            try:
+                out.append((d.name, sorted((e.name, e.inode()) for e in os.scandir(d))))
+            except FileNotFoundError:
+                pass
+    return tuple(out)
+
+
+def read_consistently(wd, read, *, stages: bool = False):
+    """`read()`'s result from one version of the workdir (see the module doc). An error raised
+    while the workdir did not change is real and is raised as is."""
+    for _ in range(TRIES):
+        before = version(wd, stages)
+        try:
+            out = read()
+        except _Changed:
+            pass
+        except (OSError, SisaError):
+            if version(wd, stages) == before:
+                raise
+        else:
+            if version(wd, stages) == before:
+                return out
+        wd.reload_checkpoints()  # its handles cache stage listings and restored states
+        time.sleep(PAUSE * (1 + random.random()))  # jittered: readers do not retry in step
+    raise SisaError(f"workdir {wd.root} kept changing while reading it ({TRIES} tries); try again")
 
 
 @dataclasses.dataclass
@@ -26,26 +88,37 @@ class Constituents:
     params: dict  # stacked over served shards
     pending: list[int]  # shards with no final checkpoint
     empty: list[int]  # shards that have seen no data
+    served: dict = dataclasses.field(default_factory=dict)  # shard -> {"stage", "ids_digest"} of what serves it
 
 
 def constituents(wd) -> Constituents:
     """Every shard that is safe to serve: final checkpoint present, intact, and its lineage free
-    of every id the ledger has been asked to forget (committed or not)."""
-    from sisa.checkpoint import CheckpointCorrupted
-    from sisa.deletion_ledger import Ledger
+    of every id the ledger has been asked to forget (committed or not). Read optimistically."""
+    return read_consistently(wd, lambda: _constituents(wd))
+
+
+def _constituents(wd) -> Constituents:
+    from sisa.checkpoint import CheckpointCorrupted, CheckpointUnreadable
+    from sisa.training.ensemble import stack
 
     slices = wd.config.partition.slices
-    forgotten = set(Ledger(wd.ledger_path).forgotten())
-    served, params, pending, empty = [], [], [], []
+    forgotten = set(wd.ledger().forgotten())  # before any checkpoint (see the module doc)
+    served, params, pending, empty, lineages = [], [], [], [], {}
     for ckpt in wd.checkpoints:
         if ckpt.latest() != slices - 1:
             pending.append(ckpt.shard)
             continue
+        path = ckpt.directory / str(slices - 1)
+        seen = _identity(path)
         try:
             state, lineage = ckpt.restore(slices - 1)
-        except CheckpointCorrupted:  # damaged: the next writer rebuilds it; CheckpointUnreadable stops here
+        except CheckpointCorrupted:  # damaged, or removed under us: the ledger this read saw makes it pending
             pending.append(ckpt.shard)
             continue
+        except (CheckpointUnreadable, OSError):  # unreadable although intact: the environment, unless it moved
+            if seen is None or _identity(path) != seen:
+                raise _Changed from None
+            raise
         if forgotten.intersection(lineage["ids"]):
             pending.append(ckpt.shard)  # its retraining has not finished yet
             continue
@@ -54,9 +127,10 @@ def constituents(wd) -> Constituents:
             continue
         served.append(ckpt.shard)
         params.append(state["params"])
+        lineages[ckpt.shard] = {"stage": slices - 1, "ids_digest": lineage["ids_digest"]}
     if not served:
         raise SisaError(f"no shard of {wd.root} has a final checkpoint to serve (pending: {pending}, empty: {empty})")
-    return Constituents(served, stack(params), pending, empty)
+    return Constituents(served, stack(params), pending, empty, lineages)
 
 
 class InputRangeWarning(UserWarning):
@@ -86,6 +160,8 @@ def shard_probabilities(wd, x: np.ndarray, members: Constituents | None = None) 
     one lane width (S, at least 2; spare lanes repeat a served shard): a vmap's float results
     depend on its width, and a shard's outputs must not depend on which others are pending."""
     import jax
+
+    from sisa.training.ensemble import ensemble_for
 
     x = checked_inputs(wd, x)  # before any checkpoint is read
     members = members or constituents(wd)
@@ -145,6 +221,7 @@ def predict(wd, x: np.ndarray, aggregation: str | None = None) -> dict:
         "probabilities": p.tolist(),
         "aggregation": aggregation or wd.config.aggregation,
         "shards": members.shards,
+        "served": members.served,
         "left_out": {"pending": members.pending, "empty": members.empty},
     }
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import socket
+
 from sisa.checkpoint import CheckpointCorrupted, state_digest
+from sisa.errors import SisaError
 
 
 def final_digests(wd) -> dict[int, str | None]:
@@ -33,22 +39,24 @@ def compare(wd_a, wd_b) -> dict:
 def certificate(wd, shards=None, *, progress: bool = True) -> dict:
     """Check the ledger chain and every checkpoint's lineage, retrain `shards` (default all)
     from scratch on the current data store, and compare bit for bit."""
-    import shutil
-    import tempfile
-
     from sisa import environment, reconcile
-    from sisa.deletion_ledger import Ledger
-    from sisa.training.loop import complete
-    from sisa.workdir import Workdir
 
     cfg = wd.config
     chosen = sorted(range(cfg.partition.shards) if shards is None else set(shards))
     problems = []
-    ledger = Ledger(wd.ledger_path)
+    ledger = wd.ledger()
     head = ledger.head()  # raises on a broken chain
     forgotten = set(ledger.forgotten())
     # Uncommitted requests, forgotten ids still in the store, stale or unfinished checkpoints.
     todo = reconcile.plan(reconcile.snapshot(wd, environment=False)[0])
+    _remove_stale_scratch(wd)
+    # Refused, not reported: retraining now would train on rows whose forgetting is unfinished.
+    if todo.finish:
+        raise SisaError(f"request #{todo.finish[0]} is pending: run `sisa train --workdir {wd.root}` to finish it, "
+                        f"then verify")
+    if todo.purge:
+        raise SisaError(f"ids of request #{todo.purge[0]} are in the data store again: run `sisa train --workdir "
+                        f"{wd.root}` to purge them, then verify")
     if not todo.empty:
         problems.append(f"work pending (run `sisa train --workdir {wd.root}` to finish it): {'; '.join(todo.describe())}")
     store = wd.store()
@@ -69,14 +77,15 @@ def certificate(wd, shards=None, *, progress: bool = True) -> dict:
                 problems.append(f"shard {ckpt.shard} stage {stage}: lineage holds forgotten ids")
             elif lineage["ids_digest"] != expected["ids_digest"]:
                 problems.append(f"shard {ckpt.shard} stage {stage}: lineage differs from the data store")
-    served = final_digests(wd)
-    with tempfile.TemporaryDirectory(prefix="sisa-verify-") as tmp:
-        scratch = Workdir(tmp)
-        shutil.copy(wd.manifest_path, scratch.manifest_path)
-        shutil.copy(wd.config_path, scratch.config_path)
-        shutil.copytree(wd.root / "data", scratch.root / "data")
-        complete(scratch, only=chosen, progress=progress, spread=False)  # a local scratch copy
-        rebuilt = final_digests(scratch)
+    try:
+        served = final_digests(wd)
+        rebuilt = _retrain(wd, chosen, progress)
+    except Exception as e:
+        if wd.ledger().head() != head:
+            raise SisaError("a forget ran during verify; run verify again") from e
+        raise
+    if wd.ledger().head() != head:  # what was read and retrained may predate it
+        raise SisaError("a forget ran during verify; run verify again")
     per_shard = {s: {"served": served[s], "retrained": rebuilt[s],
                      "identical": served[s] not in (None, "corrupted") and served[s] == rebuilt[s]} for s in chosen}
     problems += [f"shard {s}: served state differs from retraining from scratch" for s, r in per_shard.items()
@@ -95,3 +104,46 @@ def certificate(wd, shards=None, *, progress: bool = True) -> dict:
                         f"differs from training ({'; '.join(differs) or 'now as training'}); changes accepted by "
                         f"the user and recorded in the ledger: {len(accepted)}"},
     }
+
+
+def _retrain(wd, shards, progress: bool) -> dict:
+    """Final digests of `shards` retrained from scratch in W/.scratch/verify-<host>-<pid>/.
+    The scratch run is handed the store, manifest and config in memory, so only its checkpoints
+    land there (no copy of the data); they are removed on any exit, and by a writer's purge."""
+    from sisa.training import aot
+    from sisa.training.loop import complete
+    from sisa.workdir import Workdir
+
+    scratch = Workdir(wd.scratch_root / f"verify-{socket.gethostname()}-{os.getpid()}")
+    scratch.__dict__.update(manifest=wd.manifest, config=wd.config, _store=wd.store())
+    shutil.rmtree(scratch.root, ignore_errors=True)
+    try:
+        with aot.fresh_programs():  # a certificate never trusts the program cache: it compiles afresh
+            complete(scratch, only=shards, progress=progress, spread=False)
+        return final_digests(scratch)
+    finally:
+        with contextlib.suppress(Exception):  # the error in flight, if any, is the one to report
+            scratch.reload_checkpoints()  # close orbax's managers before their files go
+        shutil.rmtree(scratch.root, ignore_errors=True)
+        _remove_stale_scratch(wd)
+
+
+def _remove_stale_scratch(wd) -> None:
+    """Remove scratch dirs of this host's verifies that died without cleaning up (killed)."""
+    host = socket.gethostname()
+    for d in wd.scratch_root.glob(f"verify-{host}-*"):
+        pid = d.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        wd.scratch_root.rmdir()  # only when empty: another verify may be using it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

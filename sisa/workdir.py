@@ -1,6 +1,7 @@
 """A run's directory: manifest, config, data store, checkpoints, ledger.
 
-    W/sisa.json          manifest: config digest, data set facts, environment (written last)
+    W/sisa.json          manifest: config digest, data set facts, environment (written last),
+                         the ledger's head (rewritten after every ledger append)
     W/config.toml        the run's config
     W/data/train.npz     the data store (deletions rewrite it)
     W/data/test.npz      the test split
@@ -29,10 +30,11 @@ import numpy as np
 from sisa import config as config_lib, environment
 from sisa.config import Config
 from sisa.data.store import Store
+from sisa.deletion_ledger import GENESIS, Ledger
 from sisa.errors import SisaError
 from sisa.fsutil import atomic_save_npz, atomic_write_bytes, atomic_write_json
 
-FORMAT = 2  # 2: no data set digest or counts in the manifest; checkpoint file digests
+FORMAT = 3  # 2: no data set digest or counts in the manifest; checkpoint file digests. 3: ledger anchors
 
 
 class WorkdirBusy(SisaError):
@@ -53,6 +55,7 @@ class Workdir:
     test_path = property(lambda self: self.root / "data" / "test.npz")
     checkpoint_root = property(lambda self: self.root / "checkpoints")
     ledger_path = property(lambda self: self.root / "ledger.jsonl")
+    scratch_root = property(lambda self: self.root / ".scratch")  # verify's retrains; a purge removes it
 
     @classmethod
     def open(cls, root: str | Path) -> Workdir:
@@ -65,16 +68,19 @@ class Workdir:
         return wd
 
     @classmethod
-    def create(cls, root: str | Path, cfg: Config, ds) -> Workdir:
-        """Write a new workdir for `cfg` on data set `ds` (no training yet)."""
+    def create(cls, root: str | Path, cfg: Config, ds, store: Store | None = None) -> Workdir:
+        """Write a new workdir for `cfg` on data set `ds` (no training yet), under the caller's
+        writer lock (`root/.lock`, which stays). `store`: the data store, if the caller made it."""
         wd = cls(root)
         p = cfg.partition
         # Everything that can refuse runs before the first byte is written.
-        store = Store.create(ds, shards=p.shards, slices=p.slices, strategy=p.strategy, seed=p.seed)
-        if wd.root.exists() and any(wd.root.iterdir()):
-            if not (wd.root / _CREATING).exists():
-                raise SisaError(f"{wd.root} exists, is not empty and is not a sisa workdir; refusing to write into it")
-            _remove_own_files(wd.root)  # an earlier create was interrupted: start over
+        if store is None:
+            store = Store.create(ds, shards=p.shards, slices=p.slices, strategy=p.strategy, seed=p.seed)
+        check_new(wd.root)
+        if (wd.root / _CREATING).exists():  # an earlier create was interrupted: start over
+            _remove_own_files(wd.root, keep=(".lock",))  # the lock is held: removing it would let a second writer in
+            if set(os.listdir(wd.root)) - {".lock"}:
+                raise SisaError(f"{wd.root} holds an interrupted sisa workdir and other files; move them and train again")
         wd.root.mkdir(parents=True, exist_ok=True)
         (wd.root / _CREATING).touch()
         (wd.root / "data").mkdir(exist_ok=True)
@@ -93,6 +99,7 @@ class Workdir:
                     "scale": ds.scale,
                 },
                 "environment": environment.current(cfg.partition.shards),
+                "ledger_head": {"records": 0, "hash": GENESIS},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
         )
@@ -103,13 +110,20 @@ class Workdir:
     def lock(self):
         """Exclusive writer lock. The OS drops it when the holder dies, so it never goes stale."""
         path = self.root / ".lock"
-        with open(path, "a+") as f:
+        try:
+            f = open(path, "a+")  # noqa: SIM115  closed by `with f` below; only opening is reported here
+        except OSError as e:
+            raise SisaError(f"cannot lock workdir {self.root}: {e.strerror} ({path}); sisa must be able to write there") from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
                 holder = f.read().strip() or "unknown"
                 raise WorkdirBusy(f"workdir {self.root} is in use by another sisa process (pid {holder}); try again when it ends") from None
+            if not _same_file(f, path):  # a failed first train removed it after we opened it: this lock guards nothing
+                raise WorkdirBusy(f"workdir {self.root} is in use by another sisa process (its lock file was just "
+                                  "removed); try again")
             f.seek(0)
             f.truncate()
             f.write(str(os.getpid()))
@@ -123,11 +137,49 @@ class Workdir:
     def manifest(self) -> dict:
         try:
             m = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
             raise SisaError(f"manifest {self.manifest_path} is unreadable: {e}") from None
+        if not isinstance(m, dict):
+            raise SisaError(f"manifest {self.manifest_path} is damaged: not a JSON object")
         if m.get("format") != FORMAT:
             raise SisaError(f"{self.root}: unsupported workdir format {m.get('format')!r} (expected {FORMAT})")
+        head = m.get("ledger_head")
+        if not (isinstance(head, dict) and type(head.get("records")) is int and head["records"] >= 0
+                and isinstance(head.get("hash"), str)):
+            raise SisaError(f"manifest {self.manifest_path} lacks a valid ledger head (edited?); refusing to go on")
         return m
+
+    def ledger(self) -> Ledger:
+        """The deletion ledger, held to the heads the manifest and each shard's newest lineage
+        recorded (checked on first use). The manifest is read first: the ledger only grows, so
+        a head read earlier must still be in it."""
+        if "_ledger" not in self.__dict__:
+            ledger = Ledger(self.ledger_path, anchor=self.manifest["ledger_head"], on_append=self._record_ledger_head)
+            self.check_lineage_anchors(ledger)
+            self._ledger = ledger
+        return self._ledger
+
+    def check_lineage_anchors(self, ledger: Ledger) -> None:
+        """Each shard's newest lineage anchors the ledger's head when it was trained: the ledger
+        must still hold it. (A lineage that cannot be read is the reconciler's business.)"""
+        for ckpt in self.checkpoints:
+            stages = ckpt.stages()
+            try:
+                lineage = ckpt.lineage(stages[-1]) if stages else None
+            except SisaError:
+                continue
+            if lineage is not None:
+                ledger.check_anchor(lineage.get("ledger_head"), f"the lineage of shard {ckpt.shard} stage {stages[-1]}")
+
+    def _record_ledger_head(self, anchor: dict) -> None:
+        """Keep the ledger's new head in the manifest (a crash just before leaves it one behind,
+        which still holds: an anchor only has to be in the ledger)."""
+        m = {**self.manifest, "ledger_head": anchor}
+        try:
+            atomic_write_json(self.manifest_path, m)
+        except OSError:
+            return  # e.g. a full disk: the record is durable, and the next append anchors it
+        self.__dict__["manifest"] = m
 
     @functools.cached_property
     def config(self) -> Config:
@@ -156,8 +208,10 @@ class Workdir:
         self._store = store
 
     def test_split(self) -> tuple[np.ndarray, np.ndarray]:
-        with np.load(self.test_path) as f:
-            return f["x"], f["y"]
+        from sisa.data.store import read_arrays
+
+        a = read_arrays(self.test_path, ["x", "y"], "test split")
+        return a["x"], a["y"]
 
     @functools.cached_property
     def trainer(self):
@@ -192,22 +246,83 @@ class Workdir:
             "ids": ids.tolist(),
             "ids_digest": lineage_digest(ids),
             "config_digest": self.manifest["config_digest"],
+            "ledger_head": self.manifest["ledger_head"],  # the ledger must hold it for good (cut detection)
         }
 
 
-_OWN = (MANIFEST, "config.toml", "data", "checkpoints", "ledger.jsonl", ".lock", _CREATING)
+# What sisa writes into a workdir, in the order it is removed: the manifest first (without it,
+# it is no workdir), then the rest; the creation marker next to last (while it is there, the
+# folder is a workdir being created or removed, not a foreign one); the lock file last (until
+# then, no other writer can start).
+_OWN = (MANIFEST, "config.toml", "data", "checkpoints", "ledger.jsonl", ".scratch", f".{MANIFEST}.tmp",
+        ".config.toml.tmp", _CREATING, ".lock")  # the .tmp: atomic writes a crash interrupted
 
 
-def _remove_own_files(root: Path) -> None:
-    """Remove what an interrupted create wrote; anything else in the directory stays (and is reported)."""
+def _remove_own_files(root: Path, keep=()) -> None:
+    """Remove what sisa writes into a workdir (but `keep`); anything else in the directory stays."""
     for name in _OWN:
         path = root / name
+        if name in keep:
+            continue
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    if any(root.iterdir()):
-        raise SisaError(f"{root} holds an interrupted sisa workdir and other files; move them and train again")
+
+
+def _same_file(f, path: Path) -> bool:
+    try:
+        a, b = os.fstat(f.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def check_new(root: Path) -> None:
+    """Refuse to create a workdir in `root` unless it does not exist, is empty (but for a lock
+    file), or holds a sisa workdir (one being created, or whose creation was interrupted)."""
+    if root.is_file():
+        raise SisaError(f"workdir {root} is not a directory but a file; give a folder that is empty or does not exist yet")
+    try:
+        names = set(os.listdir(root)) - {".lock"}
+    except (FileNotFoundError, NotADirectoryError):
+        return  # missing; a file on its path is reported by make_root
+    except OSError as e:
+        raise SisaError(f"cannot read workdir {root}: {e.strerror}") from None
+    if names and not names & {_CREATING, MANIFEST}:
+        raise SisaError(f"{root} exists, is not empty and is not a sisa workdir; refusing to write into it")
+
+
+def make_root(root: Path) -> list[Path]:
+    """Create the folder `root` (and its parents); returns the folders this made, outermost first."""
+    made, p = [], root
+    while not p.exists() and p.parent != p:
+        made.append(p)
+        p = p.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where = " (a folder on its path is a file)" if isinstance(e, (NotADirectoryError, FileExistsError)) else ""
+        raise SisaError(f"cannot create workdir {root}: {e.strerror}{where}") from None
+    return made[::-1]
+
+
+def discard(root: Path, made: list[Path], *, own: bool) -> None:
+    """Undo a first train that failed: sisa's own files in `root` if `own` (this call created
+    them; its lock file too, which `lock` then refuses to anyone who waited on it), then the
+    folders `made`, innermost first, each only if empty. Nothing else is ever removed."""
+    if own:
+        (root / _CREATING).touch()  # a train that looks meanwhile sees sisa's, not foreign files
+        _remove_own_files(root)
+    elif not made or (root.is_dir() and set(os.listdir(root)) - {".lock"}):
+        return
+    else:
+        (root / ".lock").unlink(missing_ok=True)
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

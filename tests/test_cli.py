@@ -216,7 +216,7 @@ def test_evaluate_json(trained, ds, capsys):
 def test_ledger_json_empty(trained, capsys):
     root, _ = trained
     r = cli_json(capsys, "ledger", "--workdir", root)
-    assert r == {"head": "0" * 64, "entries": []}
+    assert r == {"head": "0" * 64, "records": 0, "anchor": "0:" + "0" * 64, "entries": []}
 
 
 def test_forget_status_ledger(run, tmp_path, capsys):

@@ -21,7 +21,7 @@ def test_budget_schedule_spreads_the_epochs():
 
 
 @pytest.mark.parametrize("text, phrase", [
-    ("[partition]\nshards = 0\n", "shards and slices must be >= 1"),
+    ("[partition]\nshards = 0\n", "partition.shards must be an integer from 1 to"),
     ("[model]\nname = 'vit'\n", "unknown model"),
     ("[train]\nepochz = 3\n", "unknown key"),
     ("[bogus]\nx = 1\n", "unknown config section"),

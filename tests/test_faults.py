@@ -23,6 +23,7 @@ CRASH_POINTS = (
     + [f"after-epoch:{n}" for n in range(1, 7)]
     + [f"after-save-started:{n}" for n in range(1, 6)]
     + ["after-retrained:1", "before-commit:1", "mid-ledger-append:4"]
+    + ["before-ledger-anchor:1", "before-ledger-anchor:4"]  # the record durable, the manifest's head one behind
 )
 
 

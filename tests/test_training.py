@@ -138,7 +138,7 @@ def test_fresh_process_loads_stored_programs_and_gets_the_same_bits(tiny_ds, tin
                          env={**os.environ, "SISA_DEVICES": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     events = json.loads(run.stdout.strip().splitlines()[-1])
-    assert events.get("/jax/core/compile/backend_compile_duration", 0) == 0, events
+    assert events.get("/jax/core/compile/backend_compile_duration", 0) == 0, (events, run.stderr[-3000:])
     assert events.get("/jax/core/compile/jaxpr_to_mlir_module_duration", 0) == 0, events
     assert final_digests(Workdir.open(a)) == final_digests(Workdir.open(b))
 

@@ -10,11 +10,17 @@ Fixed splits (no randomness, so ids and fingerprints are reproducible):
   is ``% 5 == 4`` are the test split, the rest the train split (original order kept);
   train ids are the row numbers of the train split, ``0..n_train-1``.
 * Hub sets (`mnist`, `cifar10`, `svhn`): the hub's own train/test splits; ids are the row
-  indices of the hub train split.
+  indices of the hub train split. They are downloaded into the Hugging Face cache by design:
+  public data that a forget cannot delete (nor need to).
 * Paths without a test split (a single table, or an `.npz` without `x_test`): the rows whose
   row index is ``% 5 == 4`` are held out as test. Train ids are the ORIGINAL row indices in
   the file (stable against the file), unless an `id` column/array is given, which is used
   instead. A DatasetDict directory uses its "train" and "test" splits.
+
+Paths are read without any persistent cache: CSV (pandas, as Hugging Face's own CSV loader
+infers types) and parquet into memory, a `save_to_disk` directory memory-mapped in place, so no
+copy of a row outlives its forgetting anywhere but in the user's own file. A path's data set is
+named by its absolute path, which `audit` rereads from any directory.
 
 Table columns (HF directory, CSV, parquet): label `label` (or `y`, integers), optional `id`,
 optional group `group` (or `user`; integer values are used as they are, any other value is
@@ -40,6 +46,7 @@ import numpy as np
 from sisa.errors import SisaError
 
 MAX_ID = 2**31 - 1  # ids travel to the device as int32
+MAX_CLASSES = 2**20  # labels are int32 on the device; a model's last layer has one output per class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +102,9 @@ def validate(ds: Dataset) -> None:
         raise SisaError(f"data set {ds.name!r}: ids must lie in [0, {MAX_ID}]")
     if len(np.unique(ds.ids)) != n:
         raise SisaError(f"data set {ds.name!r}: ids are not unique")
+    k = ds.num_classes
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_CLASSES:
+        raise SisaError(f"data set {ds.name!r} has {k!r} classes; sisa takes 1 to {MAX_CLASSES} (labels 0..k-1)")
     for name, y in (("y", ds.y), ("y_test", ds.y_test)):
         if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= ds.num_classes):
             raise SisaError(
@@ -145,7 +155,7 @@ def load(source: str, *, num_classes: int | None = None) -> Dataset:
     if source in REGISTRY:
         ds = REGISTRY[source]()
     elif Path(source).exists():
-        ds = _load_path(source)
+        ds = _load_path(str(Path(source).resolve()))
     else:
         raise SisaError(
             f"unknown data set {source!r}: not a registered name ({', '.join(sorted(REGISTRY))}) "
@@ -173,6 +183,9 @@ def _labels(y, name: str, where: str = "the label array") -> np.ndarray:
     whole data set is a statistic of it that would outlive a forget."""
     y = np.asarray(y)
     if y.dtype.kind in "iu":
+        if len(y) and (y.min() < np.iinfo(np.int32).min or y.max() >= MAX_CLASSES):  # int32 would wrap them
+            raise SisaError(f"data set {name!r}: {where} holds labels in [{y.min()}, {y.max()}]; labels must be "
+                            f"integers 0..k-1 with k at most {MAX_CLASSES}")
         return y.astype(np.int32)
     if y.dtype.kind == "f" and np.isnan(y).any():
         raise SisaError(f"data set {name!r}: {where} has {int(np.isnan(y).sum())} missing (NaN) labels; "
@@ -276,9 +289,17 @@ def _load_path(path: str) -> Dataset:
 
         hf.disable_progress_bars()  # a local file: its bars would only clutter stderr (and error lines)
         if p.is_dir():
-            obj = hf.load_from_disk(path)
+            obj = hf.load_from_disk(path)  # memory-maps the directory's own files: no copy
+        elif p.suffix == ".csv":
+            import pandas as pd
+            import pyarrow as pa
+
+            # Not hf.load_dataset: it copies every row into the HF cache, where a forget cannot reach.
+            obj = hf.Dataset(pa.Table.from_pandas(pd.read_csv(path), preserve_index=False))
         else:
-            obj = hf.load_dataset(p.suffix[1:], data_files=path, split="train")
+            import pyarrow.parquet as pq
+
+            obj = hf.Dataset(pq.read_table(path))  # keeps HF feature metadata (e.g. images)
         return _from_hf(path, obj)
 
 

@@ -7,7 +7,6 @@ removed rows, so their bytes leave the store (no tombstones).
 from __future__ import annotations
 
 import dataclasses
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -102,10 +101,25 @@ class Store:
 
     @classmethod
     def load(cls, path: str | Path) -> Store:
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                return cls(**{fd.name: f[fd.name] for fd in dataclasses.fields(cls)})
-        except FileNotFoundError:
-            raise SisaError(f"data store missing: {path}") from None
-        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
-            raise SisaError(f"data store {path} is unreadable or malformed: {e}") from None
+        a = read_arrays(path, [fd.name for fd in dataclasses.fields(cls)], "data store")
+        n, ids = len(a["ids"]), a["ids"]
+        wrong = [k for k in ("ids", "y", "shard", "slice", "group") if a[k].shape != (n,) or a[k].dtype.kind not in "iu"]
+        if wrong or a["x"].shape[:1] != (n,) or not (ids[1:] > ids[:-1]).all():
+            raise SisaError(f"data store {path} is malformed ({', '.join(wrong) or 'x or the id order'} damaged); "
+                            "restore the workdir from a backup")
+        return cls(**a)
+
+
+def read_arrays(path: str | Path, names: list[str], what: str) -> dict[str, np.ndarray]:
+    """The named arrays of the .npz at `path`; a SisaError naming `what` if it is missing,
+    unreadable or lacks one."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in names}
+    except FileNotFoundError:
+        raise SisaError(f"{what} missing: {path}") from None
+    except OSError as e:
+        raise SisaError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except Exception as e:  # a truncated or damaged file: numpy and zipfile raise many kinds
+        raise SisaError(f"{what} {path} is unreadable or malformed ({type(e).__name__}: {e}); restore the workdir "
+                        "from a backup") from None

@@ -172,6 +172,10 @@ def load(path) -> CompareConfig:
         raise SisaError(f"compare config not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise SisaError(f"compare config {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise SisaError(f"compare config {path} is not UTF-8 text; save it as UTF-8 TOML") from None
+    except OSError as e:
+        raise SisaError(f"cannot read compare config {path}: {e.strerror or e}") from None
 
 
 def to_dict(cfg: CompareConfig) -> dict:

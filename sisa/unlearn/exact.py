@@ -14,18 +14,20 @@ import time
 
 import numpy as np
 
+from sisa.data.datasets import MAX_ID
 from sisa.errors import SisaError
 from sisa.faults import crash_point
-from sisa.deletion_ledger import Ledger
 from sisa import reconcile
 
 
 def parse_ids(ids) -> list[int]:
-    """Integers only (no bools, no floats), each once, at least one."""
+    """Integers only (no bools, no floats) in [0, MAX_ID], each once, at least one."""
     out = []
     for i in ids:
         if isinstance(i, bool) or not isinstance(i, numbers.Integral):
             raise SisaError(f"ids must be integers, got {i!r}")
+        if not 0 <= i <= MAX_ID:
+            raise SisaError(f"id {i} is out of range: ids are integers from 0 to {MAX_ID}")
         out.append(int(i))
     if not out:
         raise SisaError("no ids given: nothing to forget")
@@ -41,13 +43,13 @@ def forget(wd, ids, *, request: str | None = None, reason: str | None = None, pr
            allow_environment_change: bool = False) -> dict:
     t0 = time.perf_counter()
     ids = parse_ids(ids)
-    ledger = Ledger(wd.ledger_path)
-    # Refuse in a foreign environment, and finish earlier work, before recording anything.
+    ledger = wd.ledger()
+    # Everything that can refuse runs before anything is written: the environment, then the ids
+    # (an unfinished earlier request's ids count as forgotten already, and leave the store).
     snap, new_env = reconcile.snapshot(wd, allow_environment_change=allow_environment_change)
     earlier = reconcile.plan(snap)
     if earlier.refused:
         raise SisaError(earlier.refused)
-    reconcile.apply(wd, earlier, new_environment=new_env, progress=progress)
     done = ledger.forgotten()
     again = [i for i in ids if i in done]
     if again:
@@ -56,8 +58,11 @@ def forget(wd, ids, *, request: str | None = None, reason: str | None = None, pr
     known = store.contains(ids)
     if not known.all():
         raise SisaError(f"unknown id(s): {_few(np.asarray(ids)[~known].tolist())} (not in the training data of {wd.root})")
-    if len(ids) == len(store):
-        raise SisaError(f"forgetting all {len(store)} remaining examples would leave no model; refused")
+    remaining = len(store) - (int(store.contains(sorted(done)).sum()) if done else 0)
+    if len(ids) == remaining:
+        raise SisaError(f"forgetting all {remaining} remaining examples would leave no model; refused")
+    reconcile.apply(wd, earlier, new_environment=new_env, progress=progress)  # finish earlier work first
+    store = wd.store()
     rows = np.searchsorted(store.ids, ids)
     affected: dict[int, int] = {}
     for s, r in zip(store.shard[rows].tolist(), store.slice[rows].tolist()):
