@@ -6,16 +6,19 @@
     sisa.evaluate("runs/a")["accuracy"]
 """
 
-from sisa.config import Config
 from sisa.errors import SisaError
 
 _API = ("train", "forget", "predict", "evaluate", "status", "ledger", "verify", "audit", "compare", "demo")
 __all__ = ["Config", "SisaError", *_API]
 
 
-def __getattr__(name):  # lazy: `import sisa` stays cheap; JAX loads on first use
+def __getattr__(name):  # lazy: `import sisa` stays cheap (no numpy, no JAX); each loads on first use
     if name in _API:
         from sisa import api
 
         return getattr(api, name)
+    if name == "Config":
+        from sisa.config import Config
+
+        return Config
     raise AttributeError(f"module 'sisa' has no attribute {name!r}")

@@ -10,23 +10,66 @@ import re
 import sys
 import warnings
 
-import numpy as np
-
-from sisa.data.datasets import MAX_ID
+# Light on purpose: `--help`, `--version`, `status`, `ledger` and `audit` never import JAX (nor
+# numpy for the first two); what a command needs is imported where it is used.
 from sisa.errors import SisaError
 from sisa.report import safe
+
+
+class _Usage(SystemExit):
+    """A usage error (exit 2): `line` for stderr, `message` what it says after `error: `."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(2)
+        self.message, self.line = message, f"{prog}: error: {safe(message)}"
+
+
+class _Help(argparse.HelpFormatter):
+    """Help text may name a config default as `{config.partition.shards}`: filled in only when
+    help is shown, so that building the parser imports no config (nor numpy)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "{config." in text:
+            from sisa.config import Config
+
+            def default(m):
+                v = Config()
+                for part in m[1].split("."):
+                    v = getattr(v, part)
+                return str(v)
+
+            text = re.sub(r"\{config\.([\w.]+)\}", default, text)
+        return text
+
+
+class _Version(argparse.Action):
+    """`sisa --version`: the installed package's version, from its metadata (no JAX)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib import metadata
+
+        try:
+            version = metadata.version("sisa")
+        except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+            version = "(version unknown: not installed)"
+        print(f"sisa {version}")
+        parser.exit(0)
 
 
 class _Parser(argparse.ArgumentParser):
     """A usage error is one line, `sisa <cmd>: error: ...` (exit 2); `--help` shows the usage."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {safe(message)}\n")
+        raise _Usage(self.prog, message)
 
     def parse_args(self, args=None, namespace=None):
         args, extra = self.parse_known_args(args, namespace)
         if extra:  # named by the command they were given to, not by `sisa`
-            self.exit(2, f"{self.prog} {args.command}: error: unrecognized arguments: {safe(' '.join(extra))}\n")
+            raise _Usage(f"{self.prog} {args.command}", f"unrecognized arguments: {' '.join(extra)}")
         return args
 
 
@@ -41,11 +84,12 @@ def _whole(text: str) -> int | None:
 
 def _flag(key: str):
     """argparse type of an integer flag that sets config field `key`, with its range."""
-    from sisa.config import INT_RANGES
-
-    lo, hi = INT_RANGES[key]
 
     def parse(text: str) -> int:
+        # Imported here, not when the parser is built: `--help` and `--version` stay light.
+        from sisa.config import INT_RANGES
+
+        lo, hi = INT_RANGES[key]
         n = _whole(text)
         if n is None or not lo <= n <= hi:
             raise argparse.ArgumentTypeError(f"must be an integer from {lo} to {hi}, got {text!r}")
@@ -62,57 +106,73 @@ def _shard_number(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sisa", description="Exact machine unlearning by SISA training.", allow_abbrev=False)
+    p = _Parser(prog="sisa", description="Exact machine unlearning by SISA training. Shards, slices and stages "
+                "are numbered from 0: a run of S shards x R slices has shards 0..S-1, stages 0..R-1.",
+                allow_abbrev=False, formatter_class=_Help)
+    p.add_argument("--version", action=_Version, help="print sisa's version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(name, help, workdir=True):
-        c = sub.add_parser(name, help=help, description=help, allow_abbrev=False)  # `--ids` is not `--ids-file`
+        c = sub.add_parser(name, help=help, description=help, allow_abbrev=False,  # `--ids` is not `--ids-file`
+                           formatter_class=_Help)
         if workdir:
-            c.add_argument("--workdir", required=True, help="the run's directory")
-        c.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+            c.add_argument("--workdir", required=True, help="the run's directory (required)")
+        c.add_argument("--json", action="store_true",
+                       help="print one JSON object on stdout; on failure {\"error\", \"kind\"} (default: text)")
         return c
 
+    # A train flag overrides the run's config: --config's, an existing run's, else the defaults.
+    run = "default: from --config or the existing run, else {config.%s}"
     t = cmd("train", "train (or resume) a sharded, sliced ensemble")
-    t.add_argument("--config", help="TOML config (see experiments/)")
-    t.add_argument("--dataset", help="registry name (mnist5k, digits, mnist, cifar10, svhn) or a path")
-    t.add_argument("--shards", type=_flag("partition.shards"))
-    t.add_argument("--slices", type=_flag("partition.slices"))
-    t.add_argument("--epochs", type=_flag("train.epochs"))
-    t.add_argument("--seed", type=_flag("train.seed"), help="seed of the partition and of training")
-    t.add_argument("--model", choices=["mlp", "cnn"])
-    t.add_argument("--strategy", choices=["uniform", "stratified", "grouped"])
-    t.add_argument("--aggregation", choices=["vote", "softmax"], help="default aggregation of the run")
+    t.add_argument("--config", help="TOML config, see experiments/ (default: the existing run's config, else the "
+                                    "built-in defaults)")
+    t.add_argument("--dataset", help="registry name (mnist5k, digits, mnist, cifar10, svhn) or a path "
+                                     f"({run % 'data.dataset'})")
+    t.add_argument("--shards", type=_flag("partition.shards"), help=f"number of shards ({run % 'partition.shards'})")
+    t.add_argument("--slices", type=_flag("partition.slices"),
+                   help=f"slices per shard, one stage each ({run % 'partition.slices'})")
+    t.add_argument("--epochs", type=_flag("train.epochs"), help=f"training epochs ({run % 'train.epochs'})")
+    t.add_argument("--seed", type=_flag("train.seed"), help=f"seed of the partition and of training ({run % 'train.seed'})")
+    t.add_argument("--model", choices=["mlp", "cnn"], help=f"model ({run % 'model.name'})")
+    t.add_argument("--strategy", choices=["uniform", "stratified", "grouped"],
+                   help=f"how examples are spread over shards ({run % 'partition.strategy'})")
+    t.add_argument("--aggregation", choices=["vote", "softmax"],
+                   help=f"default aggregation of the run ({run % 'aggregation'})")
 
     f = cmd("forget", "forget examples by id, exactly")
-    f.add_argument("ids", nargs="*", help="example ids")
-    f.add_argument("--ids-file", help="file of ids, whitespace- or comma-separated")
-    f.add_argument("--request", help="reference of the erasure request (kept in the ledger)")
-    f.add_argument("--reason", help="reason (kept in the ledger)")
+    f.add_argument("ids", nargs="*", help="example ids (default: none; give them here, with --ids-file, or both)")
+    f.add_argument("--ids-file", help="file of ids, whitespace- or comma-separated (default: none)")
+    f.add_argument("--request", help="reference of the erasure request, kept in the ledger (default: none)")
+    f.add_argument("--reason", help="reason, kept in the ledger (default: none)")
     for c in (t, f):
         c.add_argument("--allow-environment-change", action="store_true",
-                       help="go on although library versions or backend differ from training (recorded in the ledger)")
+                       help="go on although library versions or backend differ from training, recorded in the "
+                            "ledger (default: refuse)")
 
     pr = cmd("predict", "per-class probabilities and labels for inputs")
-    pr.add_argument("--input", required=True, help=".npy file of inputs [N, ...]")
-    pr.add_argument("--aggregation", choices=["vote", "softmax"])
+    pr.add_argument("--input", required=True, help=".npy file of inputs [N, ...] (required)")
+    pr.add_argument("--aggregation", choices=["vote", "softmax"], help="default: the run's, set at training")
 
     e = cmd("evaluate", "test accuracy per shard and aggregated")
-    e.add_argument("--aggregation", choices=["vote", "softmax"])
+    e.add_argument("--aggregation", choices=["vote", "softmax"], help="default: the run's, set at training")
 
     cmd("status", "shards, slices, examples, deletions, disk use")
     lg = cmd("ledger", "list the deletion ledger")
     lg.add_argument("--head", action="store_true",
                     help="print only the ledger's head, N:HASH: keep it outside this machine and give it back to "
-                         "`sisa verify --expect-head` to prove the ledger was not cut since")
+                         "`sisa verify --expect-head` to prove the ledger was not cut since (default: the whole "
+                         "ledger)")
     v = cmd("verify", "check ledger and lineage, retrain from scratch, compare bit for bit")
-    v.add_argument("--shards", type=_shard_number, nargs="+", help="shards to retrain (default all)")
+    v.add_argument("--shards", type=_shard_number, nargs="+", help="shards to retrain (default: all)")
     v.add_argument("--expect-head", metavar="N:HASH",
-                   help="a head printed earlier by `sisa ledger --head`; fail unless the ledger still holds it")
+                   help="a head printed earlier by `sisa ledger --head`; fail unless the ledger still holds it "
+                        "(default: not checked)")
     a = cmd("audit", "scan the workdir for anything of forgotten examples")
     a.add_argument("--source", help="the original data set file or directory (default: the path recorded at training)")
 
     c = cmd("compare", "exact (SISA) vs approximate unlearning benchmark", workdir=False)
-    c.add_argument("--config", required=True, help="compare config TOML, e.g. experiments/compare_mnist5k.toml")
+    c.add_argument("--config", required=True,
+                   help="compare config TOML, e.g. experiments/compare_mnist5k.toml (required)")
     c.add_argument("--out", help="output directory (default: experiments/results/<config file stem>)")
 
     d = cmd("demo", "train on mnist5k, forget 10 ids, prove the result exact", workdir=False)
@@ -145,6 +205,8 @@ def _config(args):
 
 def parse_ids(tokens: list[str], source: str) -> list[int]:
     """Ids as plain ASCII decimal numbers from 0 to MAX_ID; anything else is refused, quoted."""
+    from sisa.data.datasets import MAX_ID
+
     out = []
     for tok in tokens:
         n = _whole(tok)
@@ -188,9 +250,11 @@ def _shards(args) -> list[int] | None:
     return args.shards
 
 
-def _load_input(path: str) -> np.ndarray:
+def _load_input(path: str):
     """The numeric array [N, ...] in a .npy file, or in an .npz holding one array (or one named
     `x`). Anything unreadable or malformed is a SisaError naming the file and what to do."""
+    import numpy as np
+
     fail = f"cannot read input {path}"
     try:
         with open(path, "rb") as f:
@@ -270,9 +334,18 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. A failure is one line on stderr, `sisa <cmd>: error: ...`,
+    and with `--json` also one object on stdout, {"error": the message, "kind": a stable word}: "usage",
+    "bad_input", "not_found", "busy", "corrupted", "environment", "os_error", "internal" or "interrupted"."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as e:  # a usage error, one line (_Parser.error), or --help
+    except _Usage as e:  # one line, named by the command it was given to
+        print(e.line, file=sys.stderr)
+        if "--json" in (argv[:argv.index("--")] if "--" in argv else argv):
+            print(json.dumps({"error": e.message, "kind": "usage"}))
+        return 2
+    except SystemExit as e:  # --help, --version
         return e.code if isinstance(e.code, int) else 1
     try:
         with warnings.catch_warnings(record=True) as caught:  # sisa's own are shown as one line each
@@ -281,20 +354,19 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 _show_warnings(args.command, caught)
     except SisaError as e:
-        return _refuse(args, str(e))
+        return _refuse(args, str(e), _kind(e, args))
     except KeyboardInterrupt:
-        print(f"sisa {args.command}: interrupted; the next command recovers", file=sys.stderr)
-        return 130
+        return _refuse(args, "interrupted; the next command recovers", "interrupted", code=130, prefix="")
     except Exception as e:  # still one line: an error of the system (a full disk), else a bug
         if os.environ.get("SISA_DEBUG"):
             raise
         why = _os_error(e, getattr(args, "workdir", None))
         if why is None:
             return _refuse(args, f"unexpected {type(e).__name__}: {str(e)[:500]} (a bug in sisa? run again with "
-                                 "SISA_DEBUG=1 for the traceback)")
+                                 "SISA_DEBUG=1 for the traceback)", "internal")
         if args.command in ("train", "forget"):
             why += f"; once that is fixed, `sisa train --workdir {args.workdir}` finishes what this command began"
-        return _refuse(args, why)
+        return _refuse(args, why, "os_error")
     if args.json:
         print(json.dumps(result, default=_jsonable))
     elif result.get("role") == "follower":  # a cluster process other than the leader (sisa.cluster)
@@ -308,9 +380,34 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _refuse(args, message: str) -> int:
-    print(f"sisa {args.command}: error: {safe(message)}", file=sys.stderr)
-    return 1
+def _refuse(args, message: str, kind: str, *, code: int = 1, prefix: str = "error: ") -> int:
+    print(f"sisa {args.command}: {prefix}{safe(message)}", file=sys.stderr)
+    if args.json:  # json.dumps escapes every control and non-ASCII character: the message as it is
+        print(json.dumps({"error": message, "kind": kind}))
+    return code
+
+
+# The kind of a refusal by its class, looked up among the modules imported (one that was not
+# raised none of its errors); any other SisaError is "not_found" or "bad_input".
+_KINDS = (("sisa.workdir", "WorkdirBusy", "busy"), ("sisa.checkpoint", "CheckpointCorrupted", "corrupted"),
+          ("sisa.checkpoint", "CheckpointUnreadable", "environment"))
+
+
+def _kind(e: SisaError, args) -> str:
+    """A short, stable word for what went wrong: an error's own `kind` if it has one, else by class;
+    "not_found" when the command needs a trained run and `--workdir` holds none."""
+    kind = getattr(e, "kind", None)
+    if isinstance(kind, str) and kind:
+        return kind
+    for module, name, kind in _KINDS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return kind
+    workdir = getattr(args, "workdir", None)
+    if args.command not in ("train", "compare", "demo") and workdir is not None and \
+            not os.path.isfile(os.path.join(workdir, "sisa.json")):
+        return "not_found"
+    return "bad_input"
 
 
 def _os_error(e: BaseException, where: str | None) -> str | None:
@@ -341,6 +438,8 @@ def _show_warnings(command: str, caught: list) -> None:
 
 
 def _jsonable(o):
+    import numpy as np
+
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -77,7 +77,8 @@ class Ledger:
         """Refuse unless this ledger holds `anchor` (a head taken earlier, kept in `where`)."""
         if not (isinstance(anchor, dict) and type(anchor.get("records")) is int and anchor["records"] >= 0
                 and isinstance(anchor.get("hash"), str)):
-            raise SisaError(f"{where} holds no valid ledger head (edited, or written by an older sisa); refusing to go on")
+            raise SisaError(f"{where} holds no valid ledger head (edited, or written by an older sisa); refusing to go on",
+                            kind="corrupted")
         self._check(self.records(), anchor, where)
 
     def anchor(self) -> dict:
@@ -92,7 +93,8 @@ class Ledger:
         raise SisaError(
             f"ledger {self.path} does not hold the head kept in {where} (record {n}, hash {h[:16]}...): it holds "
             f"{len(recs)} complete record(s){' and its last line has no newline' if torn else ''}; the ledger was cut "
-            f"or replaced, so deletions may be missing from it. Restore it from a backup; refusing to go on")
+            f"or replaced, so deletions may be missing from it. Restore it from a backup; refusing to go on",
+            kind="corrupted")
 
     def _read(self) -> list[dict]:
         raw = self.path.read_bytes()
@@ -104,13 +106,13 @@ class Ledger:
             try:
                 rec = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
-                raise SisaError(f"ledger {self.path} is corrupted: line {n} is not valid JSON") from None
+                raise SisaError(f"ledger {self.path} is corrupted: line {n} is not valid JSON", kind="corrupted") from None
             if not isinstance(rec, dict):
-                raise SisaError(f"ledger {self.path} is corrupted: line {n} is not a ledger record")
+                raise SisaError(f"ledger {self.path} is corrupted: line {n} is not a ledger record", kind="corrupted")
             if rec.get("prev") != prev or rec.get("hash") != _digest(rec):
                 raise SisaError(
                     f"ledger {self.path} is corrupted: line {n} was altered or reordered (hash chain broken); "
-                    "refusing to go on"
+                    "refusing to go on", kind="corrupted"
                 )
             out.append(rec)
             prev = rec["hash"]

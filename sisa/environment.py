@@ -65,4 +65,5 @@ def check(recorded: dict, accepted: list[dict], now: dict, *, allow: bool, root)
     raise SisaError(
         f"workdir {root} was trained in another environment ({'; '.join(differences(recorded, now))}): models "
         "computed here would not be bit-identical to the ones it serves. Reinstall the versions it was trained "
-        "with, or pass --allow-environment-change (recorded in the ledger and shown by `sisa verify`)")
+        "with, or pass --allow-environment-change (recorded in the ledger and shown by `sisa verify`)",
+        kind="environment")

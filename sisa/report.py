@@ -39,6 +39,29 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+# Shards, slices and stages are numbered from 0 everywhere: in code, lineages, the ledger, JSON
+# and text (a run of R slices has stages 0..R-1). Text that shows a stage number says so.
+FROM_0 = "stages numbered from 0"
+
+
+def _runs(numbers) -> str:
+    """[1, 2, 3, 5] -> "1..3, 5"."""
+    out, numbers = [], sorted(numbers)
+    for i, n in enumerate(numbers):
+        if i and n == numbers[i - 1] + 1:
+            out[-1][1] = n
+        else:
+            out.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in out)
+
+
+def _retrained(stages: dict) -> str:
+    """{0: [1, 2, 3], 2: [3]} -> "retrained shard 0 stages 1..3, shard 2 stage 3 (stages numbered from 0)"."""
+    parts = [f"shard {s} " + (f"stage{'s' if len(st) > 1 else ''} {_runs(st)}" if st else "none")
+             for s, st in stages.items()]
+    return f"retrained {', '.join(parts) or 'nothing'} ({FROM_0})"
+
+
 def _human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -53,6 +76,8 @@ def render(command: str, r: dict) -> str:
     r = _safe_tree(r)
     if command == "train":
         done = [f"done: {step}" for step in r.get("plan", []) if not step.startswith("train shard")]
+        if any("stage" in step for step in done):
+            done[-1] += f" ({FROM_0})"
         if not r["shards_trained"]:
             return "\n".join([*done, f"{r['workdir']}: already trained; nothing to do" if not done else
                                f"{r['workdir']}: no shard needed training"])
@@ -61,7 +86,7 @@ def render(command: str, r: dict) -> str:
     if command == "forget":
         return "\n".join([
             f"forgot {r['forgotten']} id(s): ledger entry #{r['entry']} committed, head {r['hash'][:16]}",
-            f"retrained shards {r['affected_shards']} (stages {r['stages_retrained']})",
+            _retrained(r["stages_retrained"]),
             f"cost: {r['examples_epochs_retrained']} example-epochs vs {r['examples_epochs_full_retrain']} "
             f"for a full retrain ({r['examples_epochs_retrained'] / max(r['examples_epochs_full_retrain'], 1):.1%}), "
             f"{r['seconds']:.2f} s",
@@ -80,18 +105,20 @@ def render(command: str, r: dict) -> str:
         disk = r["disk_bytes"]
         return "\n".join([
             f"{r['workdir']}: {r['dataset']}, {r['shards']} shards x {r['slices']} slices, {r['examples']} examples",
-            _table(["shard", "examples", "per slice"], rows),
+            _table(["shard", "examples", f"per slice 0..{r['slices'] - 1}"], rows),
             f"deleted: {r['deleted']} id(s) in {r['requests']} request(s); pending: {r['pending_requests'] or 'none'}",
-            f"pending work: {'; '.join(r['pending_plan']) or 'none'}",
+            f"pending work: {'; '.join(r['pending_plan']) or 'none'}"
+            + (f" ({FROM_0})" if any("stage" in step for step in r["pending_plan"]) else ""),
             f"disk: {_human_bytes(disk['total'])} (checkpoints {_human_bytes(disk['checkpoints'])}, data {_human_bytes(disk['data'])})",
         ])
     if command == "ledger" and "entries" not in r:  # --head: the one line to keep
         return r["anchor"]
     if command == "ledger":
-        rows = [[e["seq"], e["state"], len(e["ids"]), e["request"] or "", e["times"]["requested"], e["hash"][:16]]
-                for e in r["entries"]]
+        rows = [[e["seq"], e["state"], len(e["ids"]), " ".join(f"{s}:{st}" for s, st in e["affected"].items()),
+                 e["request"] or "", e["times"]["requested"], e["hash"][:16]] for e in r["entries"]]
         keep = "keep it off this machine; `sisa verify --expect-head` checks it later"
-        return _table(["seq", "state", "ids", "request", "requested", "hash"], rows) + f"\nhead: {r['anchor']}  ({keep})"
+        return (_table(["seq", "state", "ids", "affected (shard:stage, from 0)", "request", "requested", "hash"],
+                       rows) + f"\nhead: {r['anchor']}  ({keep})")
     if command == "verify":
         rows = [[s, r["served"][:16] if r["served"] else "-", "yes" if r["identical"] else "NO"]
                 for s, r in r["shards"].items()]

@@ -138,15 +138,16 @@ class Workdir:
         try:
             m = json.loads(self.manifest_path.read_text())
         except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
-            raise SisaError(f"manifest {self.manifest_path} is unreadable: {e}") from None
+            raise SisaError(f"manifest {self.manifest_path} is unreadable: {e}", kind="corrupted") from None
         if not isinstance(m, dict):
-            raise SisaError(f"manifest {self.manifest_path} is damaged: not a JSON object")
+            raise SisaError(f"manifest {self.manifest_path} is damaged: not a JSON object", kind="corrupted")
         if m.get("format") != FORMAT:
             raise SisaError(f"{self.root}: unsupported workdir format {m.get('format')!r} (expected {FORMAT})")
         head = m.get("ledger_head")
         if not (isinstance(head, dict) and type(head.get("records")) is int and head["records"] >= 0
                 and isinstance(head.get("hash"), str)):
-            raise SisaError(f"manifest {self.manifest_path} lacks a valid ledger head (edited?); refusing to go on")
+            raise SisaError(f"manifest {self.manifest_path} lacks a valid ledger head (edited?); refusing to go on",
+                            kind="corrupted")
         return m
 
     def ledger(self) -> Ledger:
@@ -185,7 +186,8 @@ class Workdir:
     def config(self) -> Config:
         cfg = config_lib.load(self.config_path)
         if cfg.digest() != self.manifest["config_digest"]:
-            raise SisaError(f"{self.config_path} does not match the manifest (edited after training, or written by another sisa version)")
+            raise SisaError(f"{self.config_path} does not match the manifest (edited after training, or written by another sisa version)",
+                            kind="corrupted")
         return cfg
 
     def check_config(self, cfg: Config) -> None:

@@ -50,15 +50,15 @@ def without_progress(err: str) -> str:
 
 
 def refused(capsys, root, *argv, phrase: str) -> str:
-    """Exit 1, `sisa <cmd>: error: ...<phrase>...` as the one line on stderr, nothing on stdout,
-    and nothing under `root` changed (or `root` still absent)."""
+    """Exit 1, `sisa <cmd>: error: ...<phrase>...` as the one line on stderr, the same error as
+    one JSON object on stdout (--json), and nothing under `root` changed (or `root` still absent)."""
     root = Path(root)
     existed = root.exists()
     before = (file_digests(root), tree(root)) if existed else None
     rc, out, err = cli(capsys, *argv, "--json")
     err = without_progress(err)
     assert rc == 1, (rc, out, err)
-    assert out == "", out
+    assert out.count("\n") == 1 and set(json.loads(out)) == {"error", "kind"}, out
     assert err.startswith(f"sisa {argv[0]}: error: "), err
     assert phrase in err, err
     assert len(err.strip().splitlines()) == 1, err

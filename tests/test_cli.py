@@ -49,13 +49,17 @@ def tree(root: Path) -> set[str]:
 
 def refused(capsys, root, *argv, phrase: str, json_flag: bool = True) -> str:
     """Run a command that must fail: exit 1, `sisa <cmd>: error: ...<phrase>...` on stderr,
-    nothing on stdout, and no file under `root` changed, added or removed."""
+    on stdout nothing (with --json: the error as one JSON object), and no file under `root`
+    changed, added or removed."""
     root = Path(root)
     existed = root.exists()
     before = (file_digests(root), tree(root)) if existed else None
     rc, out, err = cli(capsys, *argv, *(["--json"] if json_flag else []))
     assert rc == 1, (rc, out, err)
-    assert out == "", out
+    if json_flag:
+        assert out.count("\n") == 1 and phrase in json.loads(out)["error"], (out, err)
+    else:
+        assert out == "", out
     assert err.startswith(f"sisa {argv[0]}: error: "), err
     assert phrase in err, err
     assert len(err.strip().splitlines()) == 1, err
@@ -496,9 +500,10 @@ def test_subprocess_exit_status_and_json(trained, tmp_path):
     bad = subprocess.run([*cmd, "forget", "--workdir", str(root), "4", "--json"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 1
-    assert bad.stdout == ""
+    assert json.loads(bad.stdout) == {"error": "unknown id(s): 4 (not in the training data of " + str(root) + ")",
+                                      "kind": "bad_input"}
     assert "sisa forget: error: unknown id(s): 4" in bad.stderr
     assert file_digests(root) == before
 
     usage = subprocess.run([*cmd, "forget", "--json"], capture_output=True, text=True, timeout=120)
-    assert usage.returncode == 2 and usage.stdout == "" and "--workdir" in usage.stderr
+    assert usage.returncode == 2 and json.loads(usage.stdout)["kind"] == "usage" and "--workdir" in usage.stderr

