@@ -1,7 +1,7 @@
 """XLA compilations, and what a fresh process pays for a forget, on mnist5k.
 
     python scripts/bench_compiles.py [--deletions 100] [--shards 5] [--slices 4] [--repeats 3]
-                                     [--quick] [--json] [--out F.json] [--plot F.png]
+                                     [--quick] [--first-only] [--json] [--out F.json] [--plot F.png]
 
 1. Compilations. A fresh child process with SISA_CACHE_DIR=off (no persistent cache, so
    every program the process needs is really compiled) trains one run and then forgets
@@ -27,6 +27,14 @@
    calls into checkpoint restore/lineage reads/saves, and the rest (training, data store,
    ledger). Interpreter start-up = from our spawning the child to its first line; exit = from
    its last line to our seeing it end (both by the wall clock).
+
+3. The first command after `train`, each in a fresh process on a copy of the trained workdir,
+   with the program cache that train left: a forget hitting 1, 2 and S shards (one id in each),
+   and a predict of the test split. Lowerings and compilations in that process (target: 0
+   each), with the train compiling ahead (`SISA_PRECOMPILE`, the default) and without (before
+   issue 15), each with its own empty cache; and the train's wall time both ways (children with
+   an empty cache, median of `--repeats`), whose ratio is what compiling ahead costs `train`.
+   `--first-only` runs this section alone.
 """
 
 from __future__ import annotations
@@ -187,11 +195,106 @@ def child_forget(args) -> dict:
             "datasets_imported": "datasets" in sys.modules, "started": started, "ended": time.time()}
 
 
+def child_train(args) -> dict:
+    """One `sisa.train` as the CLI runs it: its wall time and what it lowered and compiled."""
+    import sisa
+    from sisa.data import datasets
+
+    ds = datasets.load(args.dataset)
+    cfg = sisa.Config().replace(data={"dataset": args.dataset}, partition={"shards": args.shards, "slices": args.slices})
+    rec = Recorder()
+    t0 = time.perf_counter()
+    sisa.train(args.workdir, cfg, dataset=ds, progress=False)
+    return {"train_s": time.perf_counter() - t0, "compiles": rec.count("compile"), "lowerings": rec.count("lower"),
+            "code": _code()}
+
+
+def _code() -> str:
+    """sisa's source as the program cache keys it: an edit between two children keys them apart."""
+    from sisa.training import aot
+
+    return aot._code_digest()
+
+
+def child_first(args) -> dict:
+    """The first command after train in a fresh process: forget `--ids`, or (none) predict the test split."""
+    import sisa.api
+
+    rec = Recorder()
+    t0 = time.perf_counter()
+    if args.ids:
+        report = sisa.api.forget(args.workdir, [int(i) for i in args.ids.split(",")], progress=False)
+        shards = len(report["affected_shards"])
+    else:
+        from sisa.workdir import Workdir
+
+        x, _ = Workdir.open(args.workdir).test_split()
+        sisa.api.predict(args.workdir, x)
+        shards = None
+    return {"seconds": time.perf_counter() - t0, "affected_shards": shards, "compiles": rec.count("compile"),
+            "lowerings": rec.count("lower"), "traces": rec.count("trace"),
+            "compiled": sorted({n for _, k, n, _ in rec.events if k == "compile"}), "code": _code()}
+
+
+def first_commands(args, root: Path, log) -> dict:
+    """Section 3: the first forget (1, 2, S shards) and predict after train, each in a fresh process."""
+    import shutil
+
+    import numpy as np
+
+    from sisa.workdir import Workdir
+
+    me = str(Path(__file__).resolve())
+    common = ["--dataset", args.dataset, "--shards", str(args.shards), "--slices", str(args.slices)]
+    modes = {"before": "off", "after": "on"}  # SISA_PRECOMPILE
+    trains = {mode: [] for mode in modes}
+    again = {mode: [] for mode in modes}  # a second train on the cache the first one left
+    for rep in range(args.repeats):  # interleaved; each with an empty cache, so train compiles its own programs too
+        for mode, ahead in modes.items():
+            for runs, name in ((trains, ""), (again, "-again")):
+                got, _ = spawn([me, "--child", "train", "--workdir", str(root / f"first-{mode}-{rep}{name}"), *common],
+                               {"SISA_CACHE_DIR": str(root / f"first-{mode}-cache-{rep}"), "SISA_PRECOMPILE": ahead})
+                runs[mode].append(got)
+        log(f"  train with and without compiling ahead, round {rep + 1}/{args.repeats} done")
+    widths = sorted({1, min(2, args.shards), args.shards})
+    out = {"affected": widths, "modes": {}}
+    for mode, ahead in modes.items():
+        wd, cache = root / f"first-{mode}-0", root / f"first-{mode}-cache-0"
+        store = Workdir.open(wd).store()
+        rng = np.random.default_rng(2)
+        firsts = {}
+        for k in [*widths, "predict"]:
+            # A copy of the workdir and of the cache train left: no child sees what another stored.
+            name = "predict" if k == "predict" else f"forget {k}"
+            copy, copy_cache = root / f"first-{mode}-{name}", root / f"first-{mode}-{name}-cache"
+            shutil.copytree(wd, copy)
+            shutil.copytree(cache, copy_cache)
+            ids = [] if k == "predict" else [int(rng.choice(store.ids[store.shard == s])) for s in range(k)]
+            firsts[name], _ = spawn([me, "--child", "first", "--workdir", str(copy),
+                                     *(["--ids", ",".join(map(str, ids))] if ids else [])],
+                                    {"SISA_CACHE_DIR": str(copy_cache)})
+        out["modes"][mode] = {"SISA_PRECOMPILE": ahead, "trains": trains[mode], "trains_warm_cache": again[mode],
+                              "first": firsts, "train_s": statistics.median(t["train_s"] for t in trains[mode]),
+                              "train_warm_cache_s": statistics.median(t["train_s"] for t in again[mode])}
+        log(f"  first commands after train, compiling ahead {ahead}: done")
+    before, after = out["modes"]["before"], out["modes"]["after"]
+    out["train_overhead_ratio"] = after["train_s"] / before["train_s"]
+    out["train_warm_cache_overhead_ratio"] = after["train_warm_cache_s"] / before["train_warm_cache_s"]
+    out["compiled_ahead"] = after["trains"][0]["compiles"] - before["trains"][0]["compiles"]
+    out["meets_target"] = all(r["compiles"] == 0 and r["lowerings"] == 0 for r in after["first"].values())
+    codes = {r["code"] for m in out["modes"].values()
+             for r in [*m["trains"], *m["trains_warm_cache"], *m["first"].values()]}
+    out["source_changed_during_run"] = len(codes) > 1  # then the counts are not to be trusted: run again
+    return out
+
+
 def spawn(args_list: list[str], env: dict) -> tuple[dict | None, float]:
     """Run a child; (its last stdout line as JSON or None, wall seconds). A child that reports
     `started`/`ended` (time.time()) gets `startup_s` and `exit_s` measured against ours."""
     t0, spawned = time.perf_counter(), time.time()
-    p = subprocess.run([sys.executable, *args_list], env={**os.environ, **env}, check=True, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, *args_list], env={**os.environ, **env}, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"child {args_list} failed ({p.returncode}):\n{p.stderr[-3000:]}")
     wall, done = time.perf_counter() - t0, time.time()
     try:
         out = json.loads(p.stdout.strip().splitlines()[-1])
@@ -305,6 +408,28 @@ def print_tables(out: dict) -> None:
           f"{str(warm['compiles'][0]) + ' / ' + str(warm['cache_hits'][0]):>12}")
 
 
+def print_first(out: dict, repeats: int) -> None:
+    f = out["first_forget"]
+    before, after = f["modes"]["before"], f["modes"]["after"]
+    print(f"== 3. the first command after train, each in a fresh process with the cache train left: "
+          f"lowerings / compilations (target 0 / 0: {'met' if f['meets_target'] else 'NOT met'})")
+    print(f"{'':22}{'without compiling ahead':>26}{'compiling ahead (now)':>26}")
+    for name in before["first"]:
+        label = f"forget, {name.split()[1]} shard(s)" if name.startswith("forget") else name
+        cells = [f"{r['lowerings']} / {r['compiles']}  {r['seconds']:5.2f} s" for r in (before["first"][name],
+                                                                                          after["first"][name])]
+        print(f"{label:22}{cells[0]:>26}{cells[1]:>26}")
+    print(f"{'train, empty cache':22}{before['train_s']:>24.2f} s{after['train_s']:>24.2f} s"
+          f"   x{f['train_overhead_ratio']:.2f} ({f['compiled_ahead']} programs compiled ahead)")
+    print(f"{'train again, its cache':22}{before['train_warm_cache_s']:>24.2f} s{after['train_warm_cache_s']:>24.2f} s"
+          f"   x{f['train_warm_cache_overhead_ratio']:.2f}   (train: wall, median of {repeats})")
+    for name, r in after["first"].items():
+        if r["compiled"]:
+            print(f"  still compiled by {name}: {', '.join(r['compiled'])}")
+    if f["source_changed_during_run"]:
+        print("  WARNING: sisa's source changed during the run (the cache keys changed with it): run again")
+
+
 def plot(out: dict, path: str) -> None:
     import matplotlib
 
@@ -342,37 +467,45 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=4)
     ap.add_argument("--deletions", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="~1 min smoke version")
+    ap.add_argument("--quick", action="store_true", help="~2 min smoke version")
+    ap.add_argument("--first-only", action="store_true", help="only section 3 (the first command after train)")
     benchlib.output_flags(ap, "write a PNG of the fresh-process breakdown here")
-    ap.add_argument("--child", choices=("count", "forget"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("count", "forget", "train", "first"), help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--id", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--ids", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps((child_count if args.child == "count" else child_forget)(args)))
+        children = {"count": child_count, "forget": child_forget, "train": child_train, "first": child_first}
+        print(json.dumps(children[args.child](args)))
         return
     if args.quick:
         args.deletions, args.repeats = 10, 2
     log = lambda m: print(m, file=sys.stderr, flush=True)
     os.environ.setdefault("SISA_CACHE_DIR", "off")  # this process: in-process numbers are real compiles
     root = Path(tempfile.mkdtemp(prefix="sisa-bench-compiles-"))
+    out = {"dataset": args.dataset, "shards": args.shards, "slices": args.slices, "deletions": args.deletions,
+           "repeats": args.repeats, "quick": args.quick, "target_compiles": TARGET_COMPILES}
     try:
-        me = str(Path(__file__).resolve())
-        common = ["--dataset", args.dataset, "--shards", str(args.shards), "--slices", str(args.slices)]
-        compiles, wall = spawn([me, "--child", "count", "--workdir", str(root / "count"), "--deletions",
-                                str(args.deletions), *common], {"SISA_CACHE_DIR": "off"})
-        compiles["wall_s"] = wall
-        log(f"  counted compilations ({wall:.0f} s)")
-        lat = latency(args, root, log)
+        if not args.first_only:
+            me = str(Path(__file__).resolve())
+            common = ["--dataset", args.dataset, "--shards", str(args.shards), "--slices", str(args.slices)]
+            compiles, wall = spawn([me, "--child", "count", "--workdir", str(root / "count"), "--deletions",
+                                    str(args.deletions), *common], {"SISA_CACHE_DIR": "off"})
+            compiles["wall_s"] = wall
+            log(f"  counted compilations ({wall:.0f} s)")
+            out.update(compiles=compiles, compiles_meet_target=compiles["compiles"] <= TARGET_COMPILES,
+                       latency=latency(args, root, log))
+        out["first_forget"] = first_commands(args, root, log)
     finally:
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
-    out = {"dataset": args.dataset, "shards": args.shards, "slices": args.slices, "deletions": args.deletions,
-           "repeats": args.repeats, "quick": args.quick, "target_compiles": TARGET_COMPILES,
-           "compiles": compiles, "compiles_meet_target": compiles["compiles"] <= TARGET_COMPILES, "latency": lat}
-    if not benchlib.finish(out, args, lambda path: plot(out, path)):
-        print_tables(out)
+    if not benchlib.finish(out, args, None if args.first_only else lambda path: plot(out, path)):
+        if not args.first_only:
+            print_tables(out)
+            print()
+        print_first(out, args.repeats)
 
 
 if __name__ == "__main__":

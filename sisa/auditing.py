@@ -51,7 +51,8 @@ def audit(wd, source: str | None = None) -> dict:
             try:
                 lineage = ckpt.lineage(stage)
             except CheckpointCorrupted as e:
-                if (ckpt.directory / str(stage)).is_dir():  # else a concurrent writer deleted it: nothing left
+                path = ckpt.stage_path(stage)
+                if path is not None and path.is_dir():  # else a concurrent writer deleted it: nothing left
                     findings.append(f"{e}: cannot tell what it saw")
                 continue
             where = f"checkpoint shard {ckpt.shard} stage {stage}"

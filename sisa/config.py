@@ -54,6 +54,18 @@ class TrainConfig:
     # Keep the checkpoint of every k-th stage (and always the last). k > 1 saves disk; a
     # deletion then restarts from the latest kept stage before it, retraining more.
     checkpoint_every: int = 1
+    # Learning rate within each stage: "constant", or "cosine": every stage starts at
+    # `learning_rate` and decays to 0 over its own steps (epochs_for_stage x the batches of the
+    # shard's slices 0..stage), a function of the config and the shard's own data only, so a
+    # deletion's retraining recomputes it exactly.
+    lr_schedule: str = "constant"
+    weight_decay: float = 1e-4  # adamw's decoupled weight decay (other optimizers: none)
+    label_smoothing: float = 0.0  # cross-entropy against (1 - a) one-hot + a / classes
+
+
+# Knobs added after workdirs were first written: left out of `Config.digest` while at these
+# defaults, so a workdir trained before they existed keeps its digest (and its programs).
+_DIGEST_OMITS_AT_DEFAULT = {"train": {"lr_schedule": "constant", "weight_decay": 1e-4, "label_smoothing": 0.0}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +98,10 @@ class Config:
         """Hash of everything that changes what training computes."""
         d = self.to_dict()
         d.pop("aggregation")  # chosen at prediction time; does not change the models
+        for section, defaults in _DIGEST_OMITS_AT_DEFAULT.items():
+            for key, default in defaults.items():
+                if d[section][key] == default:
+                    del d[section][key]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def replace(self, **sections) -> Config:
@@ -117,6 +133,7 @@ _CHOICES = {
     "model.name": ("model", ("mlp", "cnn")),
     "train.schedule": ("epoch schedule", ("budget", "uniform")),
     "train.optimizer": ("optimizer", ("adam", "adamw", "sgd")),
+    "train.lr_schedule": ("learning-rate schedule", ("constant", "cosine")),
     "aggregation": ("aggregation", AGGREGATIONS),
 }
 MAX_WIDTH = 2**16  # one entry of model.hidden
@@ -166,6 +183,12 @@ def check(cfg: Config) -> None:
     lr = cfg.train.learning_rate
     if not _is_number(lr) or not (math.isfinite(lr) and lr > 0):
         raise SisaError(f"train.learning_rate must be a finite number > 0, got {_shown(lr)}")
+    wd = cfg.train.weight_decay
+    if not _is_number(wd) or not (math.isfinite(wd) and wd >= 0):
+        raise SisaError(f"train.weight_decay must be a finite number >= 0, got {_shown(wd)}")
+    ls = cfg.train.label_smoothing
+    if not _is_number(ls) or not 0 <= ls < 1:
+        raise SisaError(f"train.label_smoothing must be a number in [0, 1), got {_shown(ls)}")
 
 
 def from_dict(d: dict) -> Config:

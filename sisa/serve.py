@@ -51,10 +51,11 @@ def _identity(path) -> tuple | None:
 
 def version(wd, stages: bool = False) -> tuple:
     """What changes whenever a writer changes what readers read: the ledger (append-only) and
-    the data store (replaced whole); with `stages`, each shard's stage and record listing."""
+    the data store (replaced whole); with `stages`, the listings of the saves and of each shard's
+    records (sisa.checkpoint: a stage is added or dropped with its record)."""
     out = [_identity(wd.ledger_path), _identity(wd.store_path)]
     if stages:
-        for d in sorted(wd.checkpoint_root.glob("shard_*")):  # shard_NNNN/ and shard_NNNN.files/
+        for d in [wd.checkpoint_root / "saves", *sorted(wd.checkpoint_root.glob("shard_*.files"))]:
             try:
                 out.append((d.name, sorted((e.name, e.inode()) for e in os.scandir(d))))
             except FileNotFoundError:
@@ -108,8 +109,8 @@ def _constituents(wd) -> Constituents:
         if ckpt.latest() != slices - 1:
             pending.append(ckpt.shard)
             continue
-        path = ckpt.directory / str(slices - 1)
-        seen = _identity(path)
+        path = ckpt.stage_path(slices - 1)  # this shard's part of the save that holds its final stage
+        seen = _identity(path) if path is not None else None
         try:
             state, lineage = ckpt.restore(slices - 1)
         except CheckpointCorrupted:  # damaged, or removed under us: the ledger this read saw makes it pending

@@ -5,8 +5,8 @@
     W/config.toml        the run's config
     W/data/train.npz     the data store (deletions rewrite it)
     W/data/test.npz      the test split
-    W/checkpoints/shard_NNNN/<stage>/   orbax, one manager per shard
-    W/checkpoints/shard_NNNN.files/     file digests of each finished stage
+    W/checkpoints/saves/p<P>-<N>/       orbax, one save per stage holding every shard trained in it
+    W/checkpoints/shard_NNNN.files/     each finished stage's save and file digests (sisa.checkpoint)
     W/ledger.jsonl       the deletion ledger
 
 Nothing here is computed over the training data as a whole: the manifest holds the config,
@@ -34,7 +34,8 @@ from sisa.deletion_ledger import GENESIS, Ledger
 from sisa.errors import SisaError
 from sisa.fsutil import atomic_save_npz, atomic_write_bytes, atomic_write_json
 
-FORMAT = 3  # 2: no data set digest or counts in the manifest; checkpoint file digests. 3: ledger anchors
+FORMAT = 4  # 2: no data set digest or counts in the manifest; checkpoint file digests. 3: ledger anchors.
+#             4: one checkpoint save per stage for all its shards (checkpoints/saves/)
 
 
 class WorkdirBusy(SisaError):

@@ -3,6 +3,7 @@ import os
 # Several host devices, set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("SISA_DEVICES", "1")  # mesh tests choose their own
+os.environ.setdefault("SISA_PRECOMPILE", "off")  # no compiling ahead in every train; tests/test_no_compiles.py turns it on
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -338,7 +338,7 @@ def test_saver_finishes_before_a_training_error_leaves(tmp_path, tiny_cfg, ds, m
     from sisa.checkpoint import ShardCheckpoints
     from sisa.training import loop
 
-    real_for, real_save = loop.ensemble_for, ShardCheckpoints.save
+    real_for, real_save = loop.ensemble_for, ShardCheckpoints.save_stage
     started, finished = [], []
 
     class Failing:
@@ -355,14 +355,14 @@ def test_saver_finishes_before_a_training_error_leaves(tmp_path, tiny_cfg, ds, m
                 raise RuntimeError("boom in stage 1")
             return self._ens.epoch(states, data, shard_ids, stage, epoch, active)
 
-    def slow_save(self, stage, state, lineage):
-        started.append((self.shard, stage))
+    def slow_save(stage, items):
+        started.extend((ckpt.shard, stage) for ckpt, _, _ in items)
         time.sleep(0.4)
-        real_save(self, stage, state, lineage)
-        finished.append((self.shard, stage))
+        real_save(stage, items)
+        finished.extend((ckpt.shard, stage) for ckpt, _, _ in items)
 
     monkeypatch.setattr(loop, "ensemble_for", lambda *a, **k: Failing(real_for(*a, **k)))
-    monkeypatch.setattr(ShardCheckpoints, "save", slow_save)
+    monkeypatch.setattr(ShardCheckpoints, "save_stage", staticmethod(slow_save))
     root = tmp_path / "run"
     with pytest.raises(RuntimeError, match="boom in stage 1"):
         sisa.train(root, tiny_cfg, dataset=ds, progress=False)

@@ -80,16 +80,25 @@ def test_exact_for_other_seeds_and_repeated_requests(tiny_cfg, tiny_ds, tmp_path
     _assert_exact(root, cfg, tiny_ds.without(first), second, tmp_path)  # scratch: without both requests
 
 
+def _shard_files(digests: dict, shard: int, save: str = "") -> dict:
+    """A shard's files among `digests` (of W/checkpoints): its parts of the saves and its records
+    or, given `save`, its part of that save alone; not the saves' shared metadata."""
+    prefix = f"saves/{save}/" if save else "saves/"
+    parts = (f"/state/shard_{shard:04d}/", f"/lineage_{shard:04d}.json")
+    return {k: v for k, v in digests.items()
+            if (k.startswith(prefix) and any(p in k for p in parts)) or (not save and k.startswith(f"shard_{shard:04d}."))}
+
+
 def test_only_affected_shards_retrain_and_their_files_alone_change(run):
     before = file_digests(run / "checkpoints")
+    save0 = Workdir.open(run).checkpoints[1].stage_path(0).parent.parent.name
     report = sisa.forget(run, _ids_where(run, shard=1, slice_=1), progress=False)
     assert report["affected_shards"] == [1]
     assert report["stages_retrained"] == {1: [1, 2]}
     after = file_digests(run / "checkpoints")
     for shard in (0, 2):
-        mine = lambda d: {k: v for k, v in d.items() if k.startswith(f"shard_{shard:04d}/")}  # noqa: E731
-        assert mine(before) == mine(after) and mine(before)
-    stage0 = {k: v for k, v in before.items() if k.startswith("shard_0001/0/")}
+        assert _shard_files(before, shard) == _shard_files(after, shard) and _shard_files(before, shard)
+    stage0 = {**_shard_files(before, 1, save0), "shard_0001.files/0.json": before["shard_0001.files/0.json"]}
     assert stage0 and all(after.get(k) == v for k, v in stage0.items())  # before the affected slice
     assert report["examples_epochs_retrained"] < report["examples_epochs_full_retrain"] / 3
 
@@ -97,7 +106,7 @@ def test_only_affected_shards_retrain_and_their_files_alone_change(run):
 def test_no_checkpoint_that_saw_a_forgotten_id_remains(run):
     ids = _ids_where(run, n=12)
     sisa.forget(run, ids, progress=False)
-    lineages = list((run / "checkpoints").rglob("lineage/metadata"))
+    lineages = list((run / "checkpoints").rglob("lineage_*.json"))
     assert lineages
     seen = set()
     for f in lineages:

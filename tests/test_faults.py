@@ -16,12 +16,14 @@ from sisa.workdir import Workdir
 from tests.conftest import npz_dataset
 
 # Forgetting ids in shard 1 slice 1 and shard 2 slice 0 (3 shards x 3 slices, 2 epochs a stage)
-# deletes 5 stale checkpoints, trains 6 epochs and saves 5 new checkpoints.
+# deletes 5 stale checkpoints, trains 6 epochs and saves 5 new checkpoints in 3 saves (one per
+# stage: shard 2's stage 0, then shards 1 and 2 together), each followed by one record per shard.
 CRASH_POINTS = (
     ["mid-ledger-append:1", "after-request:1", "before-rename:1", "after-purge:1", "mid-ledger-append:2"]
     + [f"after-delete-stage:{n}" for n in range(1, 6)]
     + [f"after-epoch:{n}" for n in range(1, 7)]
-    + [f"after-save-started:{n}" for n in range(1, 6)]
+    + [f"after-save-started:{n}" for n in range(1, 4)]
+    + ["after-record:2", "after-record:3"]  # stage 1: shard 1 recorded, shard 2 not yet; then both
     + ["after-retrained:1", "before-commit:1", "mid-ledger-append:4"]
     + ["before-ledger-anchor:1", "before-ledger-anchor:4"]  # the record durable, the manifest's head one behind
 )

@@ -389,10 +389,10 @@ def test_full_disk_during_forget_is_one_line_and_the_next_train_finishes_it(base
     run = tmp_path / "run"
     shutil.copytree(bases["trained"], run)
 
-    def full(self, stage, state, lineage):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.directory / str(stage)))
+    def full(stage, items):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(items[0][0].directory / "p0-99"))
 
-    monkeypatch.setattr(ShardCheckpoints, "save", full)
+    monkeypatch.setattr(ShardCheckpoints, "save_stage", staticmethod(full))
     rc, out, err = cli(capsys, "forget", "--workdir", run, 8, "--request", "full-disk")
     assert rc == 1 and out == ""
     assert err.startswith("sisa forget: error: ") and err.count("\n") == 1, err
@@ -415,14 +415,13 @@ def test_full_disk_during_train_is_one_line(bases, tmp_path, monkeypatch, capsys
 
     run = tmp_path / "run"
     shutil.copytree(bases["trained"], run)
-    shutil.rmtree(run / "checkpoints" / "shard_0001")  # a shard to train again
-    shutil.rmtree(run / "checkpoints" / "shard_0001.files")
-    target = run / "checkpoints" / "shard_0001" / "0"
+    ShardCheckpoints(run / "checkpoints", 1, None).delete_from(0)  # a shard to train again
+    target = run / "checkpoints" / "saves" / "p0-99"
 
-    def full(self, stage, state, lineage):
+    def full(stage, items):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
 
-    monkeypatch.setattr(ShardCheckpoints, "save", full)
+    monkeypatch.setattr(ShardCheckpoints, "save_stage", staticmethod(full))
     rc, out, err = cli(capsys, "train", "--workdir", run)
     assert rc == 1 and out == ""
     assert err == f"sisa train: error: No space left on device: {target}; once that is fixed, `sisa train " \

@@ -40,7 +40,7 @@ def _ids(root, shard, slice_, n=1):
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_damaged_final_checkpoint_is_detected_and_rebuilt_bit_for_bit(run, damage):
     expected = final_digests(Workdir.open(run))
-    victim = _largest_file(run / "checkpoints" / "shard_0001" / "2" / "state")
+    victim = _largest_file(Workdir.open(run).checkpoints[1].stage_path(2))  # its state's bytes
     data = bytearray(victim.read_bytes())
     if damage == "truncate":
         data = data[: len(data) // 2]
@@ -62,8 +62,9 @@ def test_a_read_error_on_intact_files_is_reported_never_repaired(run, monkeypatc
     not damage: readers and writers stop with a message and delete no checkpoint for it."""
     from sisa import checkpoint
 
-    monkeypatch.setattr(checkpoint.ShardCheckpoints, "manager", property(lambda self: _FailingManager()))
+    monkeypatch.setattr(checkpoint.ShardCheckpoints, "_read", _failing_read)
     before = file_digests(run / "checkpoints")
+    save = Workdir.open(run).checkpoints[1].stage_path(2).parent.parent.name  # shard 1 stage 2's save
     for read in (lambda: sisa.evaluate(run), lambda: sisa.predict(run, np.zeros((2, 8), np.float32))):
         with pytest.raises(checkpoint.CheckpointUnreadable, match="files are intact"):
             read()
@@ -72,22 +73,16 @@ def test_a_read_error_on_intact_files_is_reported_never_repaired(run, monkeypatc
         sisa.forget(run, _ids(run, 1, 2), progress=False)  # must restore stage 1 to retrain stage 2
     after = file_digests(run / "checkpoints")
     # Only stage 2 of shard 1 is gone: it saw the forgotten id. Stages 0 and 1 were not taken for damage.
-    assert after == {k: v for k, v in before.items() if not k.startswith(("shard_0001/2/", "shard_0001.files/2."))}
+    gone = (f"saves/{save}/state/shard_0001/", f"saves/{save}/lineage_0001.json", "shard_0001.files/2.")
+    assert after == {k: v for k, v in before.items() if not k.startswith(gone)}
 
 
-class _FailingManager:
-    def all_steps(self):
-        return [0, 1, 2]
-
-    def wait_until_finished(self):
-        pass
-
-    def restore(self, *a, **k):
-        raise OSError(5, "Input/output error")
+def _failing_read(self, save):
+    raise OSError(5, "Input/output error")
 
 
 def test_damaged_intermediate_checkpoint_falls_back_and_forget_stays_exact(run, tiny_cfg, tiny_ds, tmp_path):
-    victim = _largest_file(run / "checkpoints" / "shard_0000" / "1" / "state")
+    victim = _largest_file(Workdir.open(run).checkpoints[0].stage_path(1))
     victim.write_bytes(victim.read_bytes()[:10])
     ids = _ids(run, 0, 2)
     sisa.forget(run, ids, progress=False)  # needs stage 1 of shard 0: corrupt, so from stage 0

@@ -107,7 +107,7 @@ def test_the_kept_head_holds_as_the_ledger_grows_and_fails_once_cut(run, capsys)
     manifest = json.loads((root / "sisa.json").read_text())
     manifest["ledger_head"] = {"records": 4, "hash": json.loads(lines[3])["hash"]}
     (root / "sisa.json").write_text(json.dumps(manifest))
-    for lineage in (root / "checkpoints").rglob("lineage/metadata"):  # as if every stage were older
+    for lineage in (root / "checkpoints").rglob("lineage_*.json"):  # as if every stage were older
         lin = json.loads(lineage.read_text())
         lin["ledger_head"] = {"records": 0, "hash": GENESIS}
         lineage.write_text(json.dumps(lin))

@@ -36,11 +36,13 @@ def _ids(root, n=3, shard=None):
 
 def _lineages(root) -> dict:
     """Every lineage, without the ledger head it anchors (the ledger holds the requests by design)."""
-    out = {}
-    for p in sorted((root / "checkpoints").rglob("lineage/metadata")):
-        lineage = json.loads(p.read_bytes())
-        Workdir.open(root).ledger().check_anchor(lineage.pop("ledger_head"), str(p))
-        out[str(p.relative_to(root))] = lineage
+    out, wd = {}, Workdir.open(root)
+    for ckpt in wd.checkpoints:
+        for stage in ckpt.stages():
+            lineage = ckpt.lineage(stage)
+            wd.ledger().check_anchor(lineage.pop("ledger_head"), f"shard {ckpt.shard} stage {stage}")
+            out[f"shard {ckpt.shard} stage {stage}"] = lineage
+    assert len(list((root / "checkpoints").rglob("lineage_*.json"))) == len(out)  # no other lineage on disk
     return out
 
 
@@ -106,8 +108,7 @@ def _foreign(now):
 
 
 def test_a_writer_refuses_another_environment_and_names_both(run, monkeypatch):
-    shutil.rmtree(run / "checkpoints" / "shard_0000" / "2")  # so that `train` has work to do
-    (run / "checkpoints" / "shard_0000.files" / "2.json").unlink()
+    Workdir.open(run).checkpoints[0].delete(2)  # so that `train` has work to do
     real = environment.current
     monkeypatch.setattr(environment, "current", lambda shards: _foreign(real(shards)))
     before = file_digests(run)
@@ -143,7 +144,7 @@ def test_a_shard_serves_the_same_bits_whichever_other_shards_are_served(run):
     x = Workdir.open(run).test_split()[0]
     _, every = serve.shard_probabilities(Workdir.open(run), x)
     for gone in (0, 1):
-        shutil.rmtree(run / "checkpoints" / f"shard_000{gone}" / "2")
+        Workdir.open(run).checkpoints[gone].delete(2)
     members, rest = serve.shard_probabilities(Workdir.open(run), x)
     assert members.shards == [2] and members.pending == [0, 1]
     assert np.array_equal(rest[0], every[2])

@@ -69,11 +69,14 @@ class Store:
         return out
 
     def capacity(self, shards: int, batch_size: int) -> int:
-        """Rows per shard lane: the largest shard rounded up to whole batches. Computed from the
-        store each time (never kept), so after a forget it is what training without the
-        forgotten examples would use."""
+        """Rows per shard lane: the largest shard rounded up to whole batches, and their number up
+        to a power of two. So coarse that deletions almost never change it (and with it the
+        programs' shapes) until the largest shard halves; padded rows are masked, and cost no
+        training step. Computed from the store each time (never kept), so after a forget it is
+        what training without the forgotten examples would use."""
         largest = int(np.bincount(self.shard, minlength=shards).max(initial=0))
-        return max(1, -(-largest // batch_size)) * batch_size
+        batches = max(1, -(-largest // batch_size))
+        return (1 << (batches - 1).bit_length()) * batch_size
 
     def shard_layout(self, shards, capacity: int):
         """Row indices per shard, sorted by id, padded with -1 to `capacity`: [len(shards), capacity]."""

@@ -24,6 +24,11 @@ process); a refused file is replaced by a genuine one, a refused directory is le
 reads, no writes). Stored files are written whole (atomic replace) with mode 0o600, a file and
 its index entry under one lock on the directory.
 
+`Program.precompile` compiles for abstract arguments (jax.ShapeDtypeStruct) under the key a
+call with such arrays computes, and stores without running anything; training uses it to
+compile ahead every program later commands can need (sisa.training.loop.compile_ahead; with
+the cache on, unless SISA_PRECOMPILE=off), so that no deletion or prediction compiles.
+
 `fresh_programs()`: under it no Program reads or writes the cache, nor runs an executable an
 earlier call of this process loaded from it; each is compiled in this process. What certifies
 a result (`sisa verify`) runs under it, so a tampered cache cannot vouch for itself.
@@ -76,6 +81,12 @@ def _count_hits(event: str, **_) -> None:
 jax.monitoring.register_event_listener(_count_hits)
 
 
+def precompiling() -> bool:
+    """Whether training compiles ahead the programs later commands can need (sisa.training.loop):
+    with the cache on, outside fresh_programs(), unless SISA_PRECOMPILE=off."""
+    return not _FRESH[0] and runtime.cache_dir() is not None and os.environ.get("SISA_PRECOMPILE", "on") != "off"
+
+
 @contextlib.contextmanager
 def fresh_programs():
     """Every Program called inside compiles in this process: no cache reads or writes, and no
@@ -118,6 +129,9 @@ def _host() -> str:
 
 
 def _describe(x) -> str:
+    if isinstance(x, jax.ShapeDtypeStruct):  # an abstract argument (Program.precompile), described as
+        # the call's will be: with a sharding, a jax.Array laid out so; without, a host numpy array
+        return f"{x.dtype}{x.shape}{x.sharding}" if x.sharding is not None else f"ndarray:{x.dtype}{x.shape}"
     if isinstance(x, jax.Array):
         return f"{x.dtype}{x.shape}{x.sharding}"
     return f"{type(x).__name__}:{getattr(x, 'dtype', '')}{getattr(x, 'shape', '')}"
@@ -240,6 +254,11 @@ def _store(directory: Path, name: str, key: str, blob: bytes) -> None:
         os.close(dfd)
 
 
+def _signature(args) -> str:
+    leaves, tree = jax.tree.flatten(args)
+    return f"{tree}|{'|'.join(map(_describe, leaves))}"
+
+
 class Program:
     """A jitted function, run on `devices`, whose compiled executables are loaded from /
     stored to disk."""
@@ -251,8 +270,7 @@ class Program:
         self._loaded: dict[str, object] = {}
 
     def __call__(self, *args):
-        leaves, tree = jax.tree.flatten(args)
-        signature = f"{tree}|{'|'.join(map(_describe, leaves))}"
+        signature = _signature(args)
         compiled = self._compiled.get(signature)
         if compiled is None and not _FRESH[0]:
             compiled = self._loaded.get(signature)
@@ -260,6 +278,27 @@ class Program:
             compiled, loaded = self._load_or_compile(signature, args)
             (self._loaded if loaded else self._compiled)[signature] = compiled
         return compiled(*args)
+
+    def precompile(self, *args) -> str:
+        """Make a later call with arguments like `args` find its executable, without running
+        anything: `args` may hold jax.ShapeDtypeStructs in place of arrays (with the sharding the
+        call's jax.Array will have; none for a host numpy array). One already held, or stored in
+        the cache and intact, is left for the call to load ("held", "stored"); any other is
+        compiled now, kept and stored ("compiled"). Safe to run beside calls in another thread."""
+        signature = _signature(args)
+        if signature in self._compiled or (not _FRESH[0] and signature in self._loaded):
+            return "held"
+        directory = None if _FRESH[0] else runtime.cache_dir()
+        if directory is not None:
+            key = hashlib.sha256(self._key(signature).encode()).hexdigest()
+            try:  # read and checked as a call would, but not unpickled: nothing stored is run here
+                if _load(directory, f"{self.name}-{key[:32]}.jaxexe", key) is not None:
+                    return "stored"
+            except (_Untrusted, OSError):
+                pass  # compiled below, where the call's own path warns and replaces it
+        compiled, loaded = self._load_or_compile(signature, args)
+        (self._loaded if loaded else self._compiled)[signature] = compiled
+        return "stored" if loaded else "compiled"
 
     def programs(self) -> int:
         """Executables this process holds (one per argument signature)."""

@@ -14,7 +14,9 @@ shard's bits do not depend on how many devices share the work (tests/test_layout
 
 Lane counts are bucketed (per device a power of two, at least two when S >= 2, capped at the
 device's share of S) so that a train and any number of deletions compile only a few
-programs; spare lanes are inactive and their results dropped.
+programs, all of which training compiles ahead (sisa.training.loop.compile_ahead); spare lanes
+are inactive and their results dropped. Initial states are made at one width whatever the
+number of shards, a few lanes a call: one init program.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 
 from sisa.training.aot import Program
 from sisa.training.step import ShardTrainer
+
+PREDICT_BATCH = 1024  # inputs per call of the serving program
 
 
 def lane_bucket(width: int, shards: int, devices: int = 1) -> int:
@@ -76,6 +80,7 @@ class Ensemble:
             epoch, in_shardings=(lane, lane, lane, None, None, lane), out_shardings=(lane, lane), donate_argnums=0), key, used)
         softmax = jax.vmap(lambda params, x: jax.nn.softmax(trainer.logits(params, x), axis=-1), in_axes=(0, None))
         self._probabilities = Program("probabilities", jax.jit(softmax), key, used[:1])
+        self._serving = jax.sharding.SingleDeviceSharding(used[0])  # where predict's models live
 
     def width(self, shards_to_train: int, shards: int) -> int:
         return lane_bucket(shards_to_train, shards, self.devices)
@@ -84,12 +89,45 @@ class Ensemble:
         """Put lane-major arrays on the mesh, lane axis split over devices."""
         return jax.device_put(tree, self.lane_sharding)
 
-    def probabilities(self, params, x: np.ndarray, batch: int = 1024) -> np.ndarray:
-        """Softmax outputs of every lane: [lanes, N, classes]. Inputs padded to fixed chunks."""
-        out = []
+    def init_width(self, shards: int) -> int:
+        """Lanes per call of `init`: the fewest any training takes, whatever it trains."""
+        return self.width(1, shards)
+
+    def initial_states(self, shard_ids: list[int], shards: int) -> list:
+        """Each shard's initial state (host copies), `init_width` lanes a call: one init program
+        serves every number of shards (a lane's bits do not depend on the width)."""
+        width, out = self.init_width(shards), []
+        for start in range(0, len(shard_ids), width):
+            chunk = list(shard_ids[start : start + width])
+            lanes = chunk + [chunk[0]] * (width - len(chunk))  # spare lanes repeat a shard, dropped
+            out += unstack(self.init(self.place(np.asarray(lanes, np.int32))), width)[: len(chunk)]
+        return out
+
+    def precompile(self, width: int, capacity: int, row: dict) -> str:
+        """Have `epoch` ready for `width` lanes of `capacity` rows each, without running it
+        (`row`: one row of `lane_data`, for its shapes and dtypes); Program.precompile's outcome."""
+        def lanes(tree, *shape):
+            return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+                (width, *shape, *np.shape(a)), jax.dtypes.canonicalize_dtype(np.asarray(a).dtype),
+                sharding=self.lane_sharding), tree)
+
+        return self.epoch.precompile(lanes(self.trainer.abstract_state), lanes(row, capacity), lanes(np.int32(0)), 0, 0,
+                                     lanes(np.bool_(False)))
+
+    def precompile_probabilities(self, lanes: int, batch: int = PREDICT_BATCH) -> str:
+        """Have `probabilities` ready for `lanes` stacked constituents, without running it."""
+        params = jax.tree.map(lambda a: jax.ShapeDtypeStruct((lanes, *a.shape), a.dtype, sharding=self._serving),
+                              self.trainer.abstract_state["params"])
+        x = jax.ShapeDtypeStruct((batch, *self.trainer.input_shape), np.float32)
+        return self._probabilities.precompile(params, x)
+
+    def probabilities(self, params, x: np.ndarray, batch: int = PREDICT_BATCH) -> np.ndarray:
+        """Softmax outputs of every lane: [lanes, N, classes]. Inputs go in as float32 (what the
+        model computes in whatever their dtype), in fixed chunks: one program for any input."""
+        params, out = jax.device_put(params, self._serving), []  # the models go up once per call, not per chunk
         for start in range(0, len(x), batch):
-            chunk = x[start : start + batch]
-            pad = np.zeros((batch - len(chunk), *x.shape[1:]), x.dtype)
+            chunk = np.asarray(x[start : start + batch], np.float32)
+            pad = np.zeros((batch - len(chunk), *x.shape[1:]), np.float32)
             out.append(np.asarray(self._probabilities(params, np.concatenate([chunk, pad])))[:, : len(chunk)])
         if not out:
             return np.zeros((jax.tree.leaves(params)[0].shape[0], 0, self.trainer.num_classes), np.float32)

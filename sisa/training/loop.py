@@ -8,18 +8,24 @@ resumes from the last checkpoint saved. All lanes train together in one program 
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
-import contextlib
+import functools
 import sys
+import threading
 import time
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from sisa.checkpoint import CheckpointCorrupted
+from sisa.checkpoint import CheckpointCorrupted, ShardCheckpoints
 from sisa.faults import crash_point
 from sisa import cluster, runtime
+from sisa.training import aot
 from sisa.training.ensemble import ensemble_for, stack, unstack
+
+BACKLOG = 2  # stages whose saves may wait behind the training
 
 
 def lane_data(store, lanes, capacity: int) -> dict:
@@ -36,6 +42,84 @@ def lane_data(store, lanes, capacity: int) -> dict:
         "slice": np.where(valid, store.slice[safe], 0).astype(np.int32),
         "valid": valid,
     }
+
+
+def lane_row(store) -> dict:
+    """One row of `lane_data` (zeros): its fields' shapes and dtypes."""
+    return {k: np.zeros(v.shape[2:], v.dtype) for k, v in lane_data(store, [], 1).items()}
+
+
+def compile_ahead(ens, store, shards: int, batch_size: int, *, skip=(), stop=None) -> collections.Counter:
+    """Have every program a later forget or predict on this run can call ready in the program
+    cache (sisa.training.aot), without running any: `epoch` at each lane width that training
+    1..S shards takes on `ens`'s devices, at the current store's capacity and at the bucket
+    below (a forget that takes the largest shard under half the padding), and the serving
+    program. (`init` has one width, `Ensemble.init_width`: every training compiles it.)
+    `skip`: the (width, capacity) the caller compiles itself. Between programs, stops once
+    `stop` (a threading.Event) is set. Counts Program.precompile's outcomes."""
+    from sisa.training.ensemble import PREDICT_BATCH
+
+    capacity, row = store.capacity(shards, batch_size), lane_row(store)
+    widths = sorted({ens.width(w, shards) for w in range(1, shards + 1)}, reverse=True)
+    # Store.capacity pads to a power of two of whole batches: the bucket below is half.
+    tasks = [functools.partial(ens.precompile, w, capacity, row) for w in widths if (w, capacity) != skip]
+    # What serve.shard_probabilities runs: one device, max(S, 2) lanes, fixed chunks.
+    tasks.append(functools.partial(ensemble_for(ens.trainer).precompile_probabilities, max(shards, 2), PREDICT_BATCH))
+    if capacity > batch_size:
+        tasks += [functools.partial(ens.precompile, w, capacity // 2, row) for w in widths]
+    done = collections.Counter()
+    for task in tasks:
+        if stop is not None and stop.is_set():
+            break
+        done[task()] += 1
+    return done
+
+
+class _CompilingAhead:
+    """`compile_ahead` in a background thread, overlapping the training; `finish` joins it."""
+
+    def __init__(self, *args, **kwargs):
+        self._stop, self._error = threading.Event(), None
+        self._thread = threading.Thread(target=self._run, args=args, kwargs=kwargs, name="sisa-compile-ahead",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, *args, **kwargs):
+        try:
+            compile_ahead(*args, stop=self._stop, **kwargs)
+        except Exception as e:  # the training stands; a later command compiles what it needs
+            self._error = e
+
+    def finish(self, failed: bool = False) -> None:
+        if failed:
+            self._stop.set()  # the training's error goes out after the program in hand
+        self._thread.join()
+        if self._error is not None and not failed:
+            warnings.warn(f"compiling programs ahead failed ({type(self._error).__name__}: {self._error}); later "
+                          "commands compile what they need", aot.ProgramCacheWarning, stacklevel=3)
+
+
+def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
+    """Bring shards `todo` to the last stage in this process, all in one program. When this is
+    a train, not a deletion (no request pending in the ledger), a background thread meanwhile
+    compiles ahead what later commands can need (`compile_ahead`, with `aot.precompiling()`): it
+    runs nothing, and is joined before this returns. A deletion compiles only what it runs."""
+    ahead = None
+    if todo and aot.precompiling() and not wd.ledger().pending():
+        shards, store = wd.config.partition.shards, wd.store()
+        ens = ensemble_for(wd.trainer, runtime.device_count(shards))
+        batch_size = wd.config.train.batch_size
+        ahead = _CompilingAhead(ens, store, shards, batch_size,
+                                skip=(ens.width(len(todo), shards), store.capacity(shards, batch_size)))
+    try:
+        report = _train_shards(wd, todo, progress=progress)
+    except BaseException:
+        if ahead is not None:
+            ahead.finish(failed=True)
+        raise
+    if ahead is not None:
+        ahead.finish()
+    return report
 
 
 def restore_latest_good(ckpt):
@@ -68,14 +152,15 @@ def complete(wd, *, only=None, progress: bool = True, spread: bool = True) -> di
     }
 
 
-def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
-    """Bring shards `todo` to the last stage in this process, all in one program."""
+def _train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     cfg = wd.config
     shards, slices = cfg.partition.shards, cfg.partition.slices
     ckpts = wd.checkpoints
     for s in todo:
-        ckpts[s].remove_temporaries()  # an interrupted save's leftovers: never restored, never kept
+        # An interrupted save's leftovers: never restored, never kept. Only this process's
+        # temporaries: in a cluster the others are saving theirs.
+        ckpts[s].remove_temporaries(process=cluster.index())
     latest = {s: ckpts[s].latest() for s in todo}  # the caller chose `todo`: list only those
     report = {
         "shards_trained": todo,
@@ -91,7 +176,7 @@ def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
     lanes = todo + [todo[0]] * (width - len(todo))  # spare lanes repeat a shard, never active
     real = np.arange(width) < len(todo)
 
-    states = unstack(ens.init(ens.place(np.asarray(lanes, np.int32))), width)
+    states = ens.initial_states(lanes, shards)
     for lane, s in enumerate(todo):
         good = restore_latest_good(ckpts[s]) if latest[s] >= 0 else None
         if good is not None:
@@ -103,7 +188,15 @@ def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
     shard_ids = ens.place(np.asarray(lanes, np.int32))
     counts = store.counts(shards, slices).cumsum(axis=1)  # examples in slices 0..r per shard
 
+    # One background thread saves each stage (every shard trained in it, one orbax save) while
+    # the next stage trains; at most BACKLOG stages wait, so host copies do not pile up.
     saver, saves = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sisa-saver"), []
+    process = cluster.index()
+
+    def save(stage, shards_states):
+        items = [(ckpts[s], state, {**wd.lineage(s, stage, store), "process": process}) for s, state in shards_states]
+        ShardCheckpoints.save_stage(stage, items)
+
     try:
         for stage in range(int(start[real].min()), slices):
             active = real & (start <= stage)
@@ -111,7 +204,7 @@ def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
             n = int(sum(counts[lanes[i], stage] for i in np.flatnonzero(active)))
             report["examples_epochs"] += n * epochs
             bar = tqdm(
-                total=n * epochs, desc=f"stage {stage + 1}/{slices}", unit="ex", unit_scale=True,
+                total=n * epochs, desc=f"stage {stage} of 0..{slices - 1}", unit="ex", unit_scale=True,
                 disable=not progress, file=sys.stderr, leave=False,
             )
             for epoch in range(epochs):
@@ -123,19 +216,17 @@ def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
             bar.close()
             if not cfg.keeps_checkpoint(stage):
                 continue
-            host = unstack(states, width)
-            for lane in np.flatnonzero(active):
-                s = lanes[lane]
-                # Saved by one background thread, in order, while the next stage trains.
-                lineage = {**wd.lineage(s, stage, store), "process": cluster.index()}
-                saves.append(saver.submit(ckpts[s].save, stage, host[lane], lineage))
+            host = unstack(states, width)  # copies: the device buffers go to the next epoch
+            while len(saves) >= BACKLOG and not saves[-BACKLOG].done():
+                saves[-BACKLOG].result()  # the saver is behind: wait (and raise its error) here
+            for done in saves:
+                if done.done():
+                    done.result()  # a failed save stops the training now, not at its end
+            saves.append(saver.submit(save, stage, [(lanes[lane], host[lane]) for lane in np.flatnonzero(active)]))
     except BaseException:
         # Let the saves already submitted finish before the error leaves: once it reaches the
         # caller (and the workdir lock is released) nothing of this call writes any more.
         saver.shutdown(wait=True)
-        for s in todo:
-            with contextlib.suppress(Exception):  # the error in flight is the one to report
-                ckpts[s].wait()
         raise
     saver.shutdown(wait=True)
     for done in saves:

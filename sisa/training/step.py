@@ -29,7 +29,7 @@ _PAD_KEY = np.uint32(0xFFFFFFFF)  # numpy: a jnp constant would compile at impor
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-    return optim.make(cfg.train.optimizer, cfg.train.learning_rate)
+    return optim.make(cfg.train.optimizer, cfg.train.learning_rate, cfg.train.weight_decay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +70,24 @@ class ShardTrainer:
         x = x.astype(jnp.float32) * self.scale
         return nnx.merge(self.graphdef, params)(x, key=key)
 
-    def step(self, state: State, x, y, mask, key) -> tuple[State, jax.Array]:
-        """One masked Adam step. A batch that is all padding leaves `state` exactly as it was."""
+    def step(self, state: State, x, y, mask, key, lr_scale=None) -> tuple[State, jax.Array]:
+        """One masked Adam step. A batch that is all padding leaves `state` exactly as it was.
+        `lr_scale` (None: 1) multiplies the step's updates, i.e. its learning rate."""
+        smoothing = self.cfg.train.label_smoothing
 
         def loss_fn(params):
-            ce = optax.softmax_cross_entropy_with_integer_labels(self.logits(params, x, key), y)
+            logits = self.logits(params, x, key)
+            if smoothing:
+                target = optax.smooth_labels(jax.nn.one_hot(y, self.num_classes, dtype=logits.dtype), smoothing)
+                ce = optax.softmax_cross_entropy(logits, target)
+            else:
+                ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
             return jnp.sum(ce * mask) / jnp.maximum(mask.sum(), 1)
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        if lr_scale is not None:  # every optimizer here ends in a scale by -learning_rate: linear in it
+            updates = jax.tree.map(lambda u: u * lr_scale, updates)
         new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state, "step": state["step"] + 1}
         # Adam moves on zero gradients; an empty batch must not.
         keep = mask.any()
@@ -96,17 +105,31 @@ class ShardTrainer:
         keys = keyed_hash(data["ids"], self.cfg.train.seed, shard, stage, epoch, xp=jnp)
         order = jnp.argsort(jnp.where(member, keys, _PAD_KEY), stable=True)
         step_root = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self._root(shard), _STEP), stage), epoch)
+        batches = (n + b - 1) // b
 
         def body(t, carry):
             state, total = carry
             idx = jax.lax.dynamic_slice(order, (t * b,), (b,))
             mask = t * b + jnp.arange(b) < n
             key = jax.random.fold_in(step_root, t) if self.cfg.model.dropout else None
-            state, loss = self.step(state, data["x"][idx], data["y"][idx], mask, key)
+            lr_scale = self._lr_scale(stage, epoch, t, batches)
+            state, loss = self.step(state, data["x"][idx], data["y"][idx], mask, key, lr_scale)
             return state, total + loss * mask.sum()
 
-        state, total = jax.lax.fori_loop(0, (n + b - 1) // b, body, (state, jnp.zeros((), jnp.float32)))
+        state, total = jax.lax.fori_loop(0, batches, body, (state, jnp.zeros((), jnp.float32)))
         return state, total / jnp.maximum(n, 1)
+
+    def _lr_scale(self, stage, epoch, t, batches):
+        """The learning-rate factor of batch `t` of `epoch` of `stage` (None: 1, no multiply).
+
+        "cosine" decays from 1 to 0 over the stage's steps: its epochs x `batches` (the batches
+        of this shard's slices 0..stage), a function of the config and the shard's own data only.
+        """
+        if self.cfg.train.lr_schedule == "cosine":
+            steps = jnp.maximum(batches * self.cfg.epochs_for_stage(stage), 1).astype(jnp.float32)
+            done = (epoch * batches + t).astype(jnp.float32)
+            return 0.5 * (1 + jnp.cos(jnp.pi * done / steps))
+        return None
 
 
 @functools.cache
