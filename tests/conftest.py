@@ -37,6 +37,20 @@ def npz_dataset(directory) -> Dataset:
     return datasets.load(str(path))
 
 
+def trained_and_forgotten(root, cfg, forgotten_id: int) -> dict:
+    """A run trained on `npz_dataset(root)` (`trained`), a copy of it that forgot `forgotten_id`
+    (`forgotten`), and the data file (`data`)."""
+    import shutil
+
+    import sisa
+
+    trained, forgotten = root / "trained", root / "forgotten"
+    sisa.api.train(str(trained), cfg, dataset=npz_dataset(root), progress=False)
+    shutil.copytree(trained, forgotten)
+    sisa.api.forget(str(forgotten), [forgotten_id], progress=False)
+    return {"trained": trained, "forgotten": forgotten, "data": root / "blobs.npz"}
+
+
 @pytest.fixture(scope="session")
 def tiny_ds() -> Dataset:
     return blobs()

@@ -23,7 +23,7 @@ import pytest
 
 import sisa.api
 from sisa.cli import main
-from tests.conftest import blobs, file_digests, npz_dataset
+from tests.conftest import blobs, file_digests, trained_and_forgotten
 
 FORGOTTEN = 5  # the id the `forgotten` base workdir has forgotten; the blobs' ids are 5, 8, 11, ...
 
@@ -34,13 +34,7 @@ FORGOTTEN = 5  # the id the `forgotten` base workdir has forgotten; the blobs' i
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory, tiny_cfg) -> dict:
     """One run trained once per module (`trained`), and a copy of it that forgot id 5 (`forgotten`)."""
-    root = tmp_path_factory.mktemp("hostile")
-    trained = root / "trained"
-    sisa.api.train(str(trained), tiny_cfg, dataset=npz_dataset(root), progress=False)
-    forgotten = root / "forgotten"
-    shutil.copytree(trained, forgotten)
-    sisa.api.forget(str(forgotten), [FORGOTTEN], progress=False)
-    return {"trained": trained, "forgotten": forgotten, "data": root / "blobs.npz"}
+    return trained_and_forgotten(tmp_path_factory.mktemp("hostile"), tiny_cfg, FORGOTTEN)
 
 
 def tree(root: Path) -> set[str]:

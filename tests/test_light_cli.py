@@ -19,7 +19,7 @@ import pytest
 
 import sisa.api
 from sisa.cli import main
-from tests.conftest import npz_dataset
+from tests.conftest import trained_and_forgotten
 
 HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "tensorflow", "torch")
 FORGOTTEN = 5  # the blobs' ids are 5, 8, 11, ...
@@ -46,13 +46,7 @@ def probe(argv: list[str]) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_cfg) -> dict:
     """A run trained on blobs.npz (`trained`), and a copy of it that forgot id 5 (`forgotten`)."""
-    root = tmp_path_factory.mktemp("light")
-    trained = root / "trained"
-    sisa.api.train(str(trained), tiny_cfg, dataset=npz_dataset(root), progress=False)
-    forgotten = root / "forgotten"
-    shutil.copytree(trained, forgotten)
-    sisa.api.forget(str(forgotten), [FORGOTTEN], progress=False)
-    return {"trained": trained, "forgotten": forgotten}
+    return trained_and_forgotten(tmp_path_factory.mktemp("light"), tiny_cfg, FORGOTTEN)
 
 
 # ---------------------------------------------------------------------------- no JAX
