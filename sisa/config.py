@@ -63,8 +63,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy against (1 - a) one-hot + a / classes
 
 
-# Knobs added after workdirs were first written: left out of `Config.digest` while at these
-# defaults, so a workdir trained before they existed keeps its digest (and its programs).
+# Knobs added later: left out of `Config.digest` while at these defaults, so a config that does
+# not use them keeps the digest it always had (tests/test_recipe.py pins them).
 _DIGEST_OMITS_AT_DEFAULT = {"train": {"lr_schedule": "constant", "weight_decay": 1e-4, "label_smoothing": 0.0}}
 
 
