@@ -102,7 +102,8 @@ def wrap_timers(acc: dict) -> None:
     """Accumulate seconds spent in checkpoint restores, lineage reads and saves/waits."""
     from sisa.checkpoint import ShardCheckpoints
 
-    for name, key in (("restore", "restore"), ("lineage", "lineage_read"), ("save", "save"), ("wait", "save")):
+    # Training saves a whole stage at once (save_stage, a staticmethod: wrapped as a plain function).
+    for name, key in (("restore", "restore"), ("lineage", "lineage_read"), ("save_stage", "save"), ("wait", "save")):
         orig = getattr(ShardCheckpoints, name)
 
         def timed(*a, _orig=orig, _key=key, **k):
@@ -112,7 +113,7 @@ def wrap_timers(acc: dict) -> None:
             finally:
                 acc[_key] = acc.get(_key, 0.0) + time.perf_counter() - t0
 
-        setattr(ShardCheckpoints, name, timed)
+        setattr(ShardCheckpoints, name, staticmethod(timed) if name == "save_stage" else timed)
 
 
 # ---- children -----------------------------------------------------------------------------
