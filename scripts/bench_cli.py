@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,6 +83,13 @@ def main() -> None:
     args = ap.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="sisa-bench-cli-"))
+    try:
+        run(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(args, scratch: Path) -> None:
     workdir = Path(args.workdir) if args.workdir else scratch / "run"
     # A program cache of this run's own: audit scans sisa's program cache too, and the user's
     # (~/.cache/sisa/programs) holds however many programs it holds.
@@ -97,8 +105,9 @@ def main() -> None:
                                text=True, env=env, check=True)
         heavy = json.loads(probe.stdout.splitlines()[-1])
         median = statistics.median(times)
+        # A command that failed (e.g. a workdir of an older format) timed a refusal, not the command.
         rows[name] = {"median_s": median, "min_s": min(times), "runs": times, "exit": rc,
-                      "heavy_modules": heavy, "within_target": median <= TARGET_S}
+                      "heavy_modules": heavy, "within_target": rc == 0 and median <= TARGET_S}
     out = {"target_s": TARGET_S, "workdir": str(workdir), "runs": args.runs, "python": sys.version.split()[0],
            "cpus": os.cpu_count(), "commands": rows}
     if args.out:
@@ -109,7 +118,7 @@ def main() -> None:
         return
     print(f"{'command':<10} {'median s':>9} {'min s':>7} {'target':>7}  {'exit':>4}  imports JAX")
     for name, r in rows.items():
-        ok = "ok" if r["within_target"] else "OVER"
+        ok = "FAILED" if r["exit"] else "ok" if r["within_target"] else "OVER"
         print(f"{name:<10} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {ok:>7}  {r['exit']:>4}  "
               f"{'yes: ' + ', '.join(r['heavy_modules'][:3]) if r['heavy_modules'] else 'no'}")
     print(f"(median and fastest of {args.runs} fresh processes each; target {TARGET_S} s; {workdir})")
