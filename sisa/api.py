@@ -54,7 +54,7 @@ def train(workdir, config: Config | None = None, *, dataset=None, progress: bool
                         wd.store().check_source(dataset, wd.ledger().forgotten(), str(root))
                 else:
                     new_run = new_run or _new_run(config, dataset)
-                    check_new(root)
+                    check_new(root)  # before `created`: a refusal here must not discard anything
                     created = True  # from here on, what sisa writes into root is this call's
                     wd = Workdir.create(root, *new_run)
                 done = reconcile.reconcile(wd, check_final_files=True,

@@ -129,10 +129,10 @@ def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, a
     last = wd.config.partition.slices - 1
     checkpoints, leftovers = {}, any((wd.root / "data").glob(".*.tmp"))
     for ckpt in wd.checkpoints:
-        stages, listed = [], ckpt.stages()
-        for stage in listed:
+        stages = []
+        for stage in ckpt.stages():
             saw = frozenset()
-            if ckpt.shard in touched or stage == listed[-1]:  # every shard's newest lineage anchors the ledger
+            if ckpt.shard in touched:  # (each shard's newest lineage anchor: checked by wd.ledger())
                 try:
                     lineage = ckpt.lineage(stage)
                     ids = set(lineage["ids"])
@@ -140,7 +140,6 @@ def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, a
                     lineage, ids = None, None
                 if lineage is not None:
                     ledger.check_anchor(lineage.get("ledger_head"), f"the lineage of shard {ckpt.shard} stage {stage}")
-            if ckpt.shard in touched:
                 saw = frozenset(seq for seq in touched[ckpt.shard] if ids is None or not by_seq[seq].isdisjoint(ids))
             intact = ckpt.files_intact(stage) if check_final_files and stage == last else None
             stages.append(Stage(stage, saw, intact))

@@ -162,11 +162,11 @@ def shard_probabilities(wd, x: np.ndarray, members: Constituents | None = None) 
     depend on its width, and a shard's outputs must not depend on which others are pending."""
     import jax
 
-    from sisa.training.ensemble import ensemble_for
+    from sisa.training.ensemble import ensemble_for, serving_lanes
 
     x = checked_inputs(wd, x)  # before any checkpoint is read
     members = members or constituents(wd)
-    served, lanes = len(members.shards), max(wd.config.partition.shards, 2)
+    served, lanes = len(members.shards), serving_lanes(wd.config.partition.shards)
     params = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], lanes - served, axis=0)]), members.params)
     return members, ensemble_for(wd.trainer).probabilities(params, x)[:served]
 

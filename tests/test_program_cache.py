@@ -92,6 +92,14 @@ def _cache_warnings(caught) -> int:
     return sum(issubclass(w.category, aot.ProgramCacheWarning) for w in caught)
 
 
+def _train_counting_warnings(path, cfg, ds, cache) -> tuple[dict, int]:
+    """`_train`'s digests, and how many ProgramCacheWarnings it raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _train(path, cfg, ds, cache)
+    return got, _cache_warnings(caught)
+
+
 @pytest.mark.parametrize("how", ["no index entry", "wrong digest", "other owner", "symlink"])
 def test_planted_program_is_never_unpickled(runs, tiny_ds, tmp_path, how):
     a = runs["a"]
@@ -107,12 +115,10 @@ def test_planted_program_is_never_unpickled(runs, tiny_ds, tmp_path, how):
             (tmp_path / name).write_bytes((cache / name).read_bytes())
             (cache / name).unlink()
             (cache / name).symlink_to(tmp_path / name)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = _train(tmp_path / "wd", a["cfg"], tiny_ds, cache)
+    got, warned = _train_counting_warnings(tmp_path / "wd", a["cfg"], tiny_ds, cache)
     assert not marker.exists()
     assert got == a["reference"]
-    assert _cache_warnings(caught) == 1
+    assert warned == 1
     for name in a["names"].values():  # replaced by a genuine program, recorded in the index
         assert not (cache / name).is_symlink() and (cache / name).stat().st_uid == os.getuid()
         assert _index(cache)[name] == {"sha256": _sha(cache / name), "key": _index(a["cache"])[name]["key"]}
@@ -134,12 +140,10 @@ def test_untrusted_directory_is_neither_read_nor_written(runs, tiny_ds, tmp_path
         where = tmp_path / "link"
         where.symlink_to(cache)
     before = {p.name: p.read_bytes() for p in cache.iterdir()}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = _train(tmp_path / "wd", a["cfg"], tiny_ds, where)
+    got, warned = _train_counting_warnings(tmp_path / "wd", a["cfg"], tiny_ds, where)
     assert not marker.exists()
     assert got == a["reference"]
-    assert _cache_warnings(caught) == 1
+    assert warned == 1
     assert {p.name: p.read_bytes() for p in cache.iterdir()} == before  # nothing written either
 
 
@@ -153,11 +157,9 @@ def test_program_of_another_learning_rate_is_refused(runs, tiny_ds, tmp_path):
         shutil.copyfile(b["cache"] / b["names"][fn], cache / name)
         programs[name] = _index(b["cache"])[b["names"][fn]]
     (cache / "index.json").write_text(json.dumps({"programs": programs}))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = _train(tmp_path / "wd", a["cfg"], tiny_ds, cache)
+    got, warned = _train_counting_warnings(tmp_path / "wd", a["cfg"], tiny_ds, cache)
     assert got == a["reference"]
-    assert _cache_warnings(caught) == 1
+    assert warned == 1
 
 
 def test_stored_programs_are_loaded(runs, tiny_ds, tmp_path):

@@ -134,6 +134,12 @@ class Ensemble:
         return np.concatenate(out, axis=1)
 
 
+def serving_lanes(shards: int) -> int:
+    """Lanes predict runs the served constituents at, whichever are served: S, at least 2 (a
+    vmap's float results depend on its width). Compiled ahead at training for this width."""
+    return max(shards, 2)
+
+
 @functools.cache
 def ensemble_for(trainer: ShardTrainer, devices: int = 1) -> Ensemble:
     """One Ensemble (and so one set of compiled programs) per process per trainer and mesh."""
