@@ -195,15 +195,21 @@ def test_fresh_programs_reads_nothing_from_the_cache(runs, tiny_ds, tmp_path):
     assert marker.exists()  # what the test guards against: outside fresh_programs the owner's index is trusted
 
 
-def test_fresh_programs_passes_over_programs_loaded_earlier(runs, tiny_ds, tmp_path):
-    """Config b's program forged in as config a's is loaded (and trains the wrong model) by a
-    trusting call; the same Programs under fresh_programs() compile and train the right one."""
-    a, b = runs["a"], runs["b"]
-    cache = tmp_path / "cache"
+def _forged(cache, a, b):
+    """A cache holding config b's programs under config a's names, recorded in the index as
+    only the cache's owner could (a forgery the trust checks cannot see)."""
     cache.mkdir(mode=0o700)
     for fn, name in a["names"].items():
         shutil.copyfile(b["cache"] / b["names"][fn], cache / name)
         _record(cache, name, _index(a["cache"])[name]["key"])
+    return cache
+
+
+def test_fresh_programs_passes_over_programs_loaded_earlier(runs, tiny_ds, tmp_path):
+    """Config b's program forged in as config a's is loaded (and trains the wrong model) by a
+    trusting call; the same Programs under fresh_programs() compile and train the right one."""
+    a, b = runs["a"], runs["b"]
+    cache = _forged(tmp_path / "cache", a, b)
     trusting = _train(tmp_path / "wd1", a["cfg"], tiny_ds, cache)
     assert trusting != a["reference"]  # the forgery works when the cache is trusted
     compiled = aot.counts["compiled"]
@@ -217,11 +223,7 @@ def test_fresh_programs_passes_over_programs_loaded_earlier(runs, tiny_ds, tmp_p
 def test_verify_does_not_certify_a_model_trained_by_a_forged_program(runs, tiny_ds, tmp_path):
     """The forgery above trains the wrong model; `sisa verify`, compiling afresh, says so."""
     a, b = runs["a"], runs["b"]
-    cache = tmp_path / "cache"
-    cache.mkdir(mode=0o700)
-    for fn, name in a["names"].items():
-        shutil.copyfile(b["cache"] / b["names"][fn], cache / name)
-        _record(cache, name, _index(a["cache"])[name]["key"])
+    cache = _forged(tmp_path / "cache", a, b)
     assert _train(tmp_path / "wd", a["cfg"], tiny_ds, cache) != a["reference"]
     ensemble.ensemble_for.cache_clear()
     with pytest.MonkeyPatch.context() as mp:
