@@ -21,13 +21,15 @@ def _open(workdir) -> Workdir:
 
 
 @collective
-def train(workdir, config: Config | None = None, *, dataset=None, progress: bool = True,
+def train(workdir, config: Config | None = None, *, dataset=None, model=None, progress: bool = True,
           allow_environment_change: bool = False) -> dict:
     """Train (or finish training) the run in `workdir`.
 
     A new workdir is created for `config` (default: `Config()`) on `dataset` (a `Dataset`;
     default: the one the config names). An existing one is resumed if `config` matches it:
     unfinished requests are carried out, damaged final checkpoints rebuilt, missing stages trained.
+    `model`: your own model class or factory (sisa.models has the contract), in place of
+    `config.model.name`; it must be importable by name, for later commands to build it again.
 
     Whether the workdir is new is decided under the writer lock, so two trains of one new
     workdir never both create it: the second gets WorkdirBusy, or resumes once the first is done.
@@ -37,6 +39,10 @@ def train(workdir, config: Config | None = None, *, dataset=None, progress: bool
     from sisa.workdir import WorkdirBusy, check_new, discard, make_root
 
     runtime.setup()
+    if model is not None:
+        from sisa import models
+
+        config = (config or Config()).replace(model={"name": models.name_of(model)})
     root = Path(workdir)
     new_run = None
     if not (root / MANIFEST).exists():  # check all that is cheap before the first byte is written
@@ -82,12 +88,23 @@ def _new_run(config: Config | None, dataset) -> tuple:
 
     config = config or Config()
     if dataset is None:
-        dataset = datasets.load(config.data.dataset, num_classes=config.data.num_classes)
+        dataset = datasets.load(config.data.dataset, num_classes=config.data.num_classes, data=config.data)
     elif config.data.num_classes is not None and config.data.num_classes != dataset.num_classes:
         raise SisaError(f"config says {config.data.num_classes} classes, the data set has {dataset.num_classes}")
     p = config.partition
     runtime.device_count(p.shards)
+    _check_model(config, dataset)
     return config, dataset, Store.create(dataset, shards=p.shards, slices=p.slices, strategy=p.strategy, seed=p.seed)
+
+
+def _check_model(config: Config, dataset) -> None:
+    """Build the model abstractly (and read its base) before anything is written: a model that
+    breaks the contract or a base that does not fit is refused here (sisa.models)."""
+    from sisa.training.step import trainer_for
+
+    trainer = trainer_for(config, tuple(dataset.x.shape[1:]), dataset.num_classes, dataset.scale, dataset.vocab_size,
+                          dataset.task)
+    trainer.abstract_state  # noqa: B018  shapes the model, its adapters and its base
 
 
 @collective
@@ -158,10 +175,10 @@ def _status(wd: Workdir) -> dict:
     }
 
 
-def demo(workdir=None, *, progress: bool = True) -> dict:
-    from sisa.demo import run
+def demo(workdir=None, *, progress: bool = True, text: bool = False) -> dict:
+    from sisa.demo import run, run_text
 
-    return run(workdir, progress=progress)
+    return (run_text if text else run)(workdir, progress=progress)
 
 
 def ledger(workdir) -> dict:

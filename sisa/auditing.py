@@ -22,8 +22,8 @@ import numpy as np
 from sisa.checkpoint import CheckpointCorrupted, lineage_digest
 
 # Everything sisa writes into a manifest and a lineage; anything else is unexplained.
-MANIFEST_FIELDS = {"format", "config_digest", "dataset", "environment", "created", "ledger_head"}
-DATASET_FIELDS = {"name", "num_classes", "input_shape", "scale"}
+MANIFEST_FIELDS = {"format", "config_digest", "dataset", "environment", "created", "ledger_head", "model_code", "base"}
+DATASET_FIELDS = {"name", "num_classes", "input_shape", "scale", "vocab_size", "task", "tokenizer", "label_names"}
 LINEAGE_FIELDS = {"shard", "stage", "ids", "ids_digest", "config_digest", "state_digest", "process",
                   "ledger_head"}
 
@@ -42,6 +42,13 @@ def audit(wd, source: str | None = None) -> dict:
     extra = (set(wd.manifest) - MANIFEST_FIELDS) | {f"dataset.{k}" for k in set(wd.manifest["dataset"]) - DATASET_FIELDS}
     if extra:
         findings.append(f"manifest holds fields sisa does not write (possibly computed over forgotten data): {sorted(extra)}")
+    names = wd.manifest["dataset"].get("label_names")
+    if names and not wd.config.data.labels:  # found in the data at training, not declared in the config
+        _, y_test = wd.test_split()
+        orphans = sorted(set(range(len(names))) - set(store.y.tolist()) - set(y_test.tolist()))
+        if orphans:
+            findings.append(f"label name(s) {[names[k] for k in orphans]} in the manifest now belong to no example: "
+                            "they came from forgotten data; declare the label set with data.labels to make it schema")
     for ckpt in wd.checkpoints:
         try:
             stages = ckpt.stages()
@@ -111,11 +118,11 @@ def _forgotten_rows(wd, store, forgotten: list[int], name: str, notes: list[str]
     if not forgotten:
         return {}
     what = f"the feature bytes of {len(forgotten)} forgotten id(s) were not scanned"
-    if name not in datasets.REGISTRY and not Path(name).exists():
+    if name not in datasets.REGISTRY and name not in datasets.TEXT_REGISTRY and not Path(name).exists():
         unchecked.append(f"original data {name} is missing (moved or deleted?): {what}; pass it with --source PATH")
         return {}
     try:
-        ds = datasets.load(name)
+        ds = datasets.load(name, data=wd.config.data)
     except Exception as e:  # whatever keeps the source from being read
         unchecked.append(f"original data {name} could not be read ({e}): {what}")
         return {}

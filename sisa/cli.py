@@ -126,14 +126,15 @@ def _parser() -> argparse.ArgumentParser:
     t = cmd("train", "train (or resume) a sharded, sliced ensemble")
     t.add_argument("--config", help="TOML config, see experiments/ (default: the existing run's config, else the "
                                     "built-in defaults)")
-    t.add_argument("--dataset", help="registry name (mnist5k, digits, mnist, cifar10, svhn) or a path "
+    t.add_argument("--dataset", help="registry name (mnist5k, digits, mnist, cifar10, svhn; text: pydoc) or a path "
                                      f"({run % 'data.dataset'})")
     t.add_argument("--shards", type=_flag("partition.shards"), help=f"number of shards ({run % 'partition.shards'})")
     t.add_argument("--slices", type=_flag("partition.slices"),
                    help=f"slices per shard, one stage each ({run % 'partition.slices'})")
     t.add_argument("--epochs", type=_flag("train.epochs"), help=f"training epochs ({run % 'train.epochs'})")
     t.add_argument("--seed", type=_flag("train.seed"), help=f"seed of the partition and of training ({run % 'train.seed'})")
-    t.add_argument("--model", choices=["mlp", "cnn"], help=f"model ({run % 'model.name'})")
+    t.add_argument("--model", help="mlp, cnn, transformer, transformer_lm, or your own Flax NNX module as "
+                                   f"package.module:Class ({run % 'model.name'})")
     t.add_argument("--strategy", choices=["uniform", "stratified", "grouped"],
                    help=f"how examples are spread over shards ({run % 'partition.strategy'})")
     t.add_argument("--aggregation", choices=["vote", "softmax"],
@@ -150,7 +151,9 @@ def _parser() -> argparse.ArgumentParser:
                             "ledger (default: refuse)")
 
     pr = cmd("predict", "per-class probabilities and labels for inputs")
-    pr.add_argument("--input", required=True, help=".npy file of inputs [N, ...] (required)")
+    pr.add_argument("--input", required=True,
+                    help=".npy file of inputs [N, ...]; for a text run a .txt file (one text per line) or .jsonl "
+                         "(a `text` field, and for a language model an optional `continuation` to score) (required)")
     pr.add_argument("--aggregation", choices=["vote", "softmax"], help="default: the run's, set at training")
 
     e = cmd("evaluate", "test accuracy per shard and aggregated")
@@ -177,6 +180,8 @@ def _parser() -> argparse.ArgumentParser:
 
     d = cmd("demo", "train on mnist5k, forget 10 ids, prove the result exact", workdir=False)
     d.add_argument("--workdir", help="keep the demo's runs here (default: a temporary directory)")
+    d.add_argument("--text", action="store_true",
+                   help="a sharded language model on the embedded pydoc text corpus instead (default: mnist5k)")
     return p
 
 
@@ -250,11 +255,49 @@ def _shards(args) -> list[int] | None:
     return args.shards
 
 
+def _load_texts(path: str) -> list:
+    """A text run's inputs: a .txt file's lines, or a .jsonl file's objects (each with a `text`,
+    kept whole so that a language model sees an optional `continuation`)."""
+    import json
+
+    fail = f"cannot read input {path}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise SisaError(f"{fail}: {e.strerror or e}") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for n, raw in enumerate(lines, 1):
+        try:
+            line = raw.rstrip(b"\r").decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SisaError(f"input {path} line {n}: not UTF-8 (byte {e.start}); save the file as UTF-8") from None
+        if path.endswith(".txt"):
+            out.append(line)
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as e:
+            raise SisaError(f"input {path} line {n}: not a JSON object ({e})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            raise SisaError(f"input {path} line {n}: needs a \"text\" field holding a string")
+        out.append(item)
+    if not out:
+        raise SisaError(f"input {path} holds no texts; give one per line")
+    return out
+
+
 def _load_input(path: str):
     """The numeric array [N, ...] in a .npy file, or in an .npz holding one array (or one named
-    `x`). Anything unreadable or malformed is a SisaError naming the file and what to do."""
+    `x`); texts in a .txt or .jsonl file. Anything unreadable or malformed is a SisaError naming
+    the file and what to do."""
     import numpy as np
 
+    if path.endswith((".txt", ".jsonl")):
+        return _load_texts(path)
     fail = f"cannot read input {path}"
     try:
         with open(path, "rb") as f:
@@ -329,7 +372,7 @@ def run(args) -> dict:
             out = args.out or str(Path("experiments/results") / Path(args.config).stem)
             return api.compare(args.config, out, progress=progress)
         case "demo":
-            return api.demo(args.workdir, progress=progress)
+            return api.demo(args.workdir, progress=progress, text=args.text)
     raise AssertionError(args.command)
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -23,6 +24,11 @@ from sisa.errors import SisaError
 class DataConfig:
     dataset: str = "mnist5k"  # registry name or path
     num_classes: int | None = None  # default: max label + 1
+    # Text data (a `text` column, .txt or .jsonl; sisa.data.text): what to learn, how to tokenize.
+    task: str = "auto"  # classify | lm | auto: classify when the data has labels, else lm
+    context: int = 128  # tokens per document the model sees (longer documents are truncated)
+    tokenizer: str = "bytes"  # "bytes" (no vocabulary learned from the data) or a `tokenizers` JSON file
+    labels: tuple[str, ...] = ()  # string label names, in class order (default: sorted, found in the data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +41,14 @@ class PartitionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    name: str = "mlp"  # mlp | cnn
-    hidden: tuple[int, ...] = (128,)  # MLP hidden widths / CNN channels
+    # mlp | cnn | transformer | transformer_lm, or "package.module:Class" (sisa.models: the contract)
+    name: str = "mlp"
+    hidden: tuple[int, ...] = (128,)  # MLP hidden widths / CNN channels / transformer width per block
     dropout: float = 0.0
+    # Extra keyword arguments of the model's constructor ([model.options] in TOML), as sorted
+    # (name, value) pairs so that the config stays hashable.
+    options: tuple[tuple[str, typing.Any], ...] = ()
+    base: str = ""  # a frozen base model to train adapters on (sisa.models.adapters); "" = none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +72,18 @@ class TrainConfig:
     lr_schedule: str = "constant"
     weight_decay: float = 1e-4  # adamw's decoupled weight decay (other optimizers: none)
     label_smoothing: float = 0.0  # cross-entropy against (1 - a) one-hot + a / classes
+    adapter: str = "none"  # none | lora: train low-rank adapters on model.base, the base frozen
+    lora_rank: int = 8
 
 
 # Knobs added later: left out of `Config.digest` while at these defaults, so a config that does
 # not use them keeps the digest it always had (tests/test_recipe.py pins them).
-_DIGEST_OMITS_AT_DEFAULT = {"train": {"lr_schedule": "constant", "weight_decay": 1e-4, "label_smoothing": 0.0}}
+_DIGEST_OMITS_AT_DEFAULT = {
+    "data": {"task": "auto", "context": 128, "tokenizer": "bytes", "labels": []},
+    "model": {"options": [], "base": ""},
+    "train": {"lr_schedule": "constant", "weight_decay": 1e-4, "label_smoothing": 0.0, "adapter": "none",
+              "lora_rank": 8},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +110,10 @@ class Config:
         return stage == last or (stage + 1) % k == 0
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["model"]["options"] = {k: _plain(v) for k, v in self.model.options}
+        d["data"]["labels"] = list(self.data.labels)
+        return d
 
     def digest(self) -> str:
         """Hash of everything that changes what training computes."""
@@ -100,7 +121,7 @@ class Config:
         d.pop("aggregation")  # chosen at prediction time; does not change the models
         for section, defaults in _DIGEST_OMITS_AT_DEFAULT.items():
             for key, default in defaults.items():
-                if d[section][key] == default:
+                if d[section][key] == default or (default == [] and d[section][key] == {}):
                     del d[section][key]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -126,17 +147,34 @@ INT_RANGES = {
     "train.batch_size": (1, 2**24),
     "train.seed": (0, SEED_LIMIT - 1),
     "train.checkpoint_every": (1, 2**16),
+    "train.lora_rank": (1, 2**16),
+    "data.context": (2, 2**20),
 }
 # field -> (what it is called in a message, accepted values)
 _CHOICES = {
     "partition.strategy": ("partition strategy", ("uniform", "stratified", "grouped")),
-    "model.name": ("model", ("mlp", "cnn")),
+    "data.task": ("task", ("auto", "classify", "lm")),
+    "train.adapter": ("adapter", ("none", "lora")),
     "train.schedule": ("epoch schedule", ("budget", "uniform")),
     "train.optimizer": ("optimizer", ("adam", "adamw", "sgd")),
     "train.lr_schedule": ("learning-rate schedule", ("constant", "cosine")),
     "aggregation": ("aggregation", AGGREGATIONS),
 }
 MAX_WIDTH = 2**16  # one entry of model.hidden
+BUILTIN_MODELS = ("mlp", "cnn", "transformer", "transformer_lm")
+_USER_MODEL = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _plain(v):
+    """A TOML-able copy of an option value (tuples back to lists)."""
+    return [_plain(a) for a in v] if isinstance(v, tuple) else v
+
+
+def _frozen(v):
+    """A hashable copy of an option value (lists to tuples; tables refused)."""
+    if isinstance(v, dict):
+        raise SisaError("model.options values must be numbers, strings, booleans or lists of them, not tables")
+    return tuple(_frozen(a) for a in v) if isinstance(v, (list, tuple)) else v
 
 
 def _shown(v) -> str:
@@ -171,6 +209,25 @@ def check(cfg: Config) -> None:
     for key, (what, choices) in _CHOICES.items():
         if not isinstance(fields[key], str) or fields[key] not in choices:
             raise SisaError(f"unknown {what} {_shown(fields[key])} ({key}: one of {', '.join(choices)})")
+    name = cfg.model.name
+    if not isinstance(name, str) or not (name in BUILTIN_MODELS or _USER_MODEL.fullmatch(name)):
+        raise SisaError(f"unknown model {_shown(name)} (model.name: one of {', '.join(BUILTIN_MODELS)}, or your own "
+                        f"Flax NNX module as \"package.module:Class\")")
+    if not isinstance(cfg.data.tokenizer, str) or not cfg.data.tokenizer:
+        raise SisaError(f"data.tokenizer must be \"bytes\" or the path of a tokenizers JSON file, got "
+                        f"{_shown(cfg.data.tokenizer)}")
+    if not isinstance(cfg.model.base, str):
+        raise SisaError(f"model.base must be a path (a sisa workdir or an orbax checkpoint), got {_shown(cfg.model.base)}")
+    labels = cfg.data.labels
+    if not isinstance(labels, tuple) or not all(isinstance(v, str) and v for v in labels) or len(set(labels)) != len(labels):
+        raise SisaError(f"data.labels must be a list of distinct, non-empty label names, got {_shown(labels)}")
+    options = cfg.model.options
+    if not isinstance(options, tuple) or not all(isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str)
+                                                  for o in options):
+        raise SisaError(f"model.options must be a table of keyword arguments, got {_shown(options)}")
+    if (cfg.train.adapter == "lora") != bool(cfg.model.base):
+        raise SisaError("train.adapter = \"lora\" and model.base go together: adapters are trained on a frozen base "
+                        f"model (got train.adapter = {cfg.train.adapter!r}, model.base = {cfg.model.base!r})")
     if not isinstance(cfg.data.dataset, str) or not cfg.data.dataset:
         raise SisaError(f"data.dataset must be a data set name or path, got {_shown(cfg.data.dataset)}")
     hidden = cfg.model.hidden
@@ -220,7 +277,11 @@ def _section(cls: type, name: str, values: dict):
     hints = typing.get_type_hints(cls)
     out = {}
     for key, value in values.items():
-        if _is_tuple(hints[key]) and isinstance(value, list):
+        if cls is ModelConfig and key == "options":
+            if not isinstance(value, dict):
+                raise SisaError(f"model.options must be a table of keyword arguments, got {_shown(value)}")
+            value = tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+        elif _is_tuple(hints[key]) and isinstance(value, list):
             value = tuple(value)
         out[key] = value
     return cls(**out)
@@ -253,7 +314,7 @@ def load(path: str | Path) -> Config:
 def dumps(cfg: Config) -> str:
     import tomli_w
 
-    def clean(d):  # TOML has no null: drop unset optionals
-        return {k: clean(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+    def clean(d):  # TOML has no null: drop unset optionals (and empty option tables)
+        return {k: clean(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None and v != {}}
 
     return tomli_w.dumps(clean(cfg.to_dict()))

@@ -113,7 +113,12 @@ def plan(snap: Snapshot) -> Plan:
 def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, allow_environment_change=False):
     """Read the workdir into a Snapshot (and the environment to record, if the user allowed a
     change). `check_final_files` hashes each final checkpoint's files against their digests.
-    Refuses when a lineage read holds a ledger head the ledger lacks (a cut ledger)."""
+    Refuses when a lineage read holds a ledger head the ledger lacks (a cut ledger), and (with
+    `environment`: a writer's snapshot) when the model's code or base changed since training."""
+    if environment:
+        from sisa.workdir import check_model
+
+        check_model(wd.config, wd.manifest)  # before a writer writes anything
     ledger = wd.ledger()
     entries = ledger.entries()
     requests = tuple(Request(e["seq"], frozenset(e["ids"]), e["state"]) for e in entries)

@@ -157,18 +157,19 @@ def checked_inputs(wd, x) -> np.ndarray:
 
 
 def shard_probabilities(wd, x: np.ndarray, members: Constituents | None = None) -> tuple[Constituents, np.ndarray]:
-    """Each served shard's softmax outputs [served, N, classes]. The served shards always run at
+    """Each served shard's serving outputs (sisa.tasks; classification: softmax [served, N,
+    classes]) on data-store rows `x`. The served shards always run at
     one lane width (S, at least 2; spare lanes repeat a served shard): a vmap's float results
     depend on its width, and a shard's outputs must not depend on which others are pending."""
     import jax
 
     from sisa.training.ensemble import ensemble_for, serving_lanes
 
-    x = checked_inputs(wd, x)  # before any checkpoint is read
+    x = _token_rows(wd, np.asarray(x)) if wd.trainer.vocab_size else checked_inputs(wd, x)  # before any checkpoint
     members = members or constituents(wd)
     served, lanes = len(members.shards), serving_lanes(wd.config.partition.shards)
     params = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], lanes - served, axis=0)]), members.params)
-    return members, ensemble_for(wd.trainer).probabilities(params, x)[:served]
+    return members, jax.tree.map(lambda a: a[:served], ensemble_for(wd.trainer).probabilities(params, x))
 
 
 def units_mismatch(train_x: np.ndarray, x: np.ndarray) -> str | None:
@@ -208,18 +209,26 @@ def _caller_level() -> int:
     return level
 
 
-def predict(wd, x: np.ndarray, aggregation: str | None = None) -> dict:
+def predict(wd, x, aggregation: str | None = None) -> dict:
     """Aggregated labels and probabilities for inputs `x`, given in the units of the training
     data (as stored: e.g. 0..255 pixels when the model scales by 1/255 itself). Inputs whose range
     is far from the training data's (see `units_mismatch`; the training range is computed here,
-    from the data store's current survivors, and never stored) raise an InputRangeWarning."""
-    members, probs = shard_probabilities(wd, x)  # checks the inputs first
-    if (why := units_mismatch(wd.store().x, np.asarray(x))) is not None:
+    from the data store's current survivors, and never stored) raise an InputRangeWarning.
+
+    On a text run `x` is a list of strings (or token rows); a language model gives, per input, its
+    log-likelihood under the ensemble and the most likely next tokens (`predict_lm`)."""
+    if wd.trainer.task_name == "lm":
+        return predict_lm(wd, x, aggregation)
+    rows = text_rows(wd, x) if wd.trainer.vocab_size else x
+    members, probs = shard_probabilities(wd, rows)  # checks the inputs first
+    if not wd.trainer.vocab_size and (why := units_mismatch(wd.store().x, np.asarray(x))) is not None:
         warnings.warn(why, InputRangeWarning, stacklevel=_caller_level())
     p, labels = aggregate(probs, aggregation or wd.config.aggregation)
+    out = {"labels": labels.tolist(), "probabilities": p.tolist()}
+    if names := wd.manifest["dataset"].get("label_names"):
+        out["label_names"] = [names[k] for k in labels.tolist()]
     return {
-        "labels": labels.tolist(),
-        "probabilities": p.tolist(),
+        **out,
         "aggregation": aggregation or wd.config.aggregation,
         "shards": members.shards,
         "served": members.served,
@@ -228,6 +237,8 @@ def predict(wd, x: np.ndarray, aggregation: str | None = None) -> dict:
 
 
 def evaluate(wd, aggregation: str | None = None) -> dict:
+    if wd.trainer.task_name == "lm":
+        return evaluate_lm(wd, aggregation)
     x, y = wd.test_split()
     members, probs = shard_probabilities(wd, x)
     method = aggregation or wd.config.aggregation
@@ -241,3 +252,132 @@ def evaluate(wd, aggregation: str | None = None) -> dict:
         out[f"accuracy_{name}"] = float((aggregate(probs, name)[1] == y).mean())
     out["accuracy"] = out[f"accuracy_{method}"]
     return out
+
+
+# Text runs (sisa.data.text, sisa.tasks)
+
+TOP_NEXT = 5  # next tokens a language model's predict lists
+
+
+def _tokenizer(wd):
+    """The run's tokenizer, refused unless it is the one it was trained with."""
+    from sisa.data import text
+
+    tok = text.tokenizer(wd.config.data.tokenizer)
+    text.check_tokenizer(wd.manifest["dataset"]["tokenizer"], tok)
+    return tok
+
+
+def _check_texts(texts) -> list:
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__len__"):
+        raise SisaError("inputs of a text model are a list of texts")
+    if not len(texts):
+        raise SisaError("no inputs: give at least one text")
+    for i, t in enumerate(texts):
+        t = t.get("text") if isinstance(t, dict) else t
+        if not isinstance(t, str):
+            raise SisaError(f"input {i} is not a text (got {type(t).__name__})")
+    return list(texts)
+
+
+def text_rows(wd, texts) -> np.ndarray:
+    """Texts as the model's token rows (a text classifier: BOS + tokens + EOS, truncated and padded
+    as in training). Token rows given as an integer array pass as they are, once checked."""
+    from sisa.data import text
+
+    if isinstance(texts, np.ndarray) and texts.dtype.kind in "iu":
+        return _token_rows(wd, texts)
+    rows, _ = text.encode_rows(_check_texts(texts), _tokenizer(wd), wd.trainer.input_shape[0])
+    return rows
+
+
+def _token_rows(wd, x: np.ndarray) -> np.ndarray:
+    shape, vocab = tuple(wd.trainer.input_shape), wd.trainer.vocab_size
+    if x.shape[1:] != shape or (len(x) and (x.min() < 0 or x.max() >= vocab)):
+        raise SisaError(f"token rows must have shape [N, {shape[0]}] and ids in [0, {vocab}); got shape {x.shape}")
+    return x.astype(np.int32)
+
+
+def _lm_rows(wd, inputs) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [N, T + 1], scored [N, T]) for a language model's inputs: each a text, or
+    {"text": prompt, "continuation": c}. A row is BOS + tokens (no EOS: the text goes on), at most
+    T tokens in all so that the next token's distribution is the model's own; `scored[n, t]` marks
+    the targets whose log-probability counts: the text's tokens, or only the continuation's."""
+    from sisa.data import text
+
+    tok, length = _tokenizer(wd), wd.trainer.input_shape[0]
+    inputs = _check_texts(inputs)
+    rows, scored = np.zeros((len(inputs), length), np.int32), np.zeros((len(inputs), length - 1), bool)
+    for n, item in enumerate(inputs):
+        prompt, cont = (item.get("text"), item.get("continuation")) if isinstance(item, dict) else (item, None)
+        if cont is not None and not isinstance(cont, str):
+            raise SisaError(f"input {n}: continuation is not a text (got {type(cont).__name__})")
+        head = [text.BOS, *tok.encode(prompt)]
+        ids = (head + tok.encode(cont or ""))[: length - 1]
+        rows[n, : len(ids)] = ids
+        first = len(head) if cont else 1  # the first scored position of the row
+        scored[n, max(first, 1) - 1 : len(ids) - 1] = True
+    return rows, scored
+
+
+def _mixture(logp: np.ndarray) -> np.ndarray:
+    """Log of the mean of the constituents' probabilities: [S, ...] log-probabilities -> [...]."""
+    logp = logp.astype(np.float64)
+    top = logp.max(axis=0)
+    return top + np.log(np.exp(logp - top).mean(axis=0))
+
+
+def _lm_aggregation(aggregation: str | None) -> str:
+    if (aggregation or "softmax") != "softmax":
+        raise SisaError("a language model's constituents aggregate by the mean of their next-token distributions "
+                        "(aggregation \"softmax\"); \"vote\" is for classification")
+    return "softmax"
+
+
+def predict_lm(wd, inputs, aggregation: str | None = None) -> dict:
+    """Per input: `score`, the log-likelihood (nats) of its text, or of its continuation given the
+    text, under the ensemble's mixture; `tokens`, how many tokens were scored; and `next`, the
+    TOP_NEXT most likely next tokens with their probabilities."""
+    method = _lm_aggregation(aggregation)
+    tok = _tokenizer(wd)
+    rows, scored = _lm_rows(wd, inputs)
+    members, out = shard_probabilities(wd, rows)
+    token = np.where(scored, _mixture(out["token"]), 0.0)
+    nxt = np.exp(_mixture(out["next"]))
+    top = np.argsort(-nxt, axis=1, kind="stable")[:, :TOP_NEXT]
+    return {
+        "scores": token.sum(axis=1).tolist(),
+        "tokens": scored.sum(axis=1).tolist(),
+        "next": [[{"token": tok.decode([int(t)]) if t >= 3 else ["<pad>", "<s>", "</s>"][t], "id": int(t),
+                   "probability": float(nxt[n, t])} for t in top[n]] for n in range(len(rows))],
+        "aggregation": method,
+        "shards": members.shards,
+        "served": members.served,
+        "left_out": {"pending": members.pending, "empty": members.empty},
+    }
+
+
+def evaluate_lm(wd, aggregation: str | None = None) -> dict:
+    """Perplexity of the ensemble (the mixture of the constituents' distributions) and of each
+    constituent on the test split's documents, with the mean loss in nats per token."""
+    from sisa.tasks import PAD
+
+    method = _lm_aggregation(aggregation)
+    x, _ = wd.test_split()
+    members, out = shard_probabilities(wd, x)
+    real = x[:, 1:] != PAD
+    tokens = int(real.sum())
+
+    def nats(logp):
+        return float(-(logp * real).sum() / max(tokens, 1))
+
+    loss = nats(_mixture(out["token"]))
+    return {
+        "aggregation": method,
+        "test_examples": len(x),
+        "test_tokens": tokens,
+        "loss": loss,
+        "perplexity": float(np.exp(loss)),
+        "per_shard": {s: float(np.exp(nats(out["token"][i]))) for i, s in enumerate(members.shards)},
+        "left_out": {"pending": members.pending, "empty": members.empty},
+    }

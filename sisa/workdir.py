@@ -98,7 +98,9 @@ class Workdir:
                     "num_classes": ds.num_classes,
                     "input_shape": list(ds.x.shape[1:]),
                     "scale": ds.scale,
+                    **ds.text_facts(),
                 },
+                **model_facts(cfg),
                 "environment": environment.current(cfg.partition.shards),
                 "ledger_head": {"records": 0, "hash": GENESIS},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -221,7 +223,9 @@ class Workdir:
         from sisa.training.step import trainer_for
 
         d = self.manifest["dataset"]
-        return trainer_for(self.config, tuple(d["input_shape"]), d["num_classes"], d["scale"])
+        check_model(self.config, self.manifest)
+        return trainer_for(self.config, tuple(d["input_shape"]), d["num_classes"], d["scale"], d.get("vocab_size"),
+                           d.get("task", "classify"))
 
     @functools.cached_property
     def checkpoints(self) -> list:
@@ -326,6 +330,37 @@ def discard(root: Path, made: list[Path], *, own: bool) -> None:
             d.rmdir()
         except OSError:
             break
+
+
+def model_facts(cfg: Config) -> dict:
+    """What the manifest records of the model beyond the config: your own model's source digest,
+    and the frozen base's (sisa.models.adapters)."""
+    from sisa import models
+
+    out = {}
+    if models.is_user_model(cfg.model.name):
+        out["model_code"] = models.code_digest(cfg.model.name)
+    if cfg.model.base:
+        from sisa.models import adapters
+
+        out["base"] = adapters.describe_base(cfg.model.base)
+    return out
+
+
+def check_model(cfg: Config, manifest: dict) -> None:
+    """Refuse to run a model whose code (your own model's module) or frozen base differs from the
+    one the run was trained with: its retraining would not be exact, nor its predictions the model's."""
+    from sisa import models
+
+    if "model_code" in manifest and models.code_digest(cfg.model.name) != manifest["model_code"]:
+        raise SisaError(f"the source of model {cfg.model.name!r} changed since this run was trained (digest "
+                        f"{manifest['model_code']} then, {models.code_digest(cfg.model.name)} now): retraining or "
+                        "serving with it would not be the trained model; restore the module as it was",
+                        kind="bad_input")
+    if "base" in manifest:
+        from sisa.models import adapters
+
+        adapters.check_base(cfg.model.base, manifest["base"])
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -65,6 +65,18 @@ class Dataset:
     num_classes: int
     groups: np.ndarray | None = None  # [N] int64 group/user per example, for `grouped`
     scale: float = 1.0  # features are multiplied by this before the model sees them
+    # Text (sisa.data.text): x holds int32 token ids, 0 padding.
+    vocab_size: int | None = None
+    task: str = "classify"  # classify | lm (sisa.tasks)
+    tokenizer: dict | None = None  # the tokenizer's description (fixed, public input)
+    label_names: tuple[str, ...] | None = None  # class k's name, for string labels
+
+    def text_facts(self) -> dict:
+        """What a run's manifest records of a text data set (nothing for numeric features)."""
+        if self.vocab_size is None and self.task == "classify":
+            return {}
+        return {"vocab_size": self.vocab_size, "task": self.task, "tokenizer": self.tokenizer,
+                "label_names": None if self.label_names is None else list(self.label_names)}
 
     def __post_init__(self):
         validate(self)
@@ -133,7 +145,10 @@ def check_classes(ds: Dataset) -> None:
     """Refuse a data set as loaded from its source whose classes 0..num_classes-1 include one
     without a training example (labels numbered from 1, a class only in the test split, or a
     `data.num_classes` above the labels). Not part of `validate`: a data set derived in Python
-    may lose a whole class legitimately, e.g. `ds.without(ids)` after forgetting one."""
+    may lose a whole class legitimately, e.g. `ds.without(ids)` after forgetting one. (A language
+    model's "classes" are its vocabulary: not checked.)"""
+    if ds.task == "lm":
+        return
     empty = np.flatnonzero(np.bincount(ds.y, minlength=ds.num_classes) == 0).tolist()
     if empty:
         shown = f"{empty[:10]}"[:-1] + (f", ... ({len(empty)} in all)]" if len(empty) > 10 else "]")
@@ -144,16 +159,29 @@ def check_classes(ds: Dataset) -> None:
         )
 
 
-FILE_KINDS = "an HF `datasets` directory (save_to_disk), .csv, .parquet or .npz"
+FILE_KINDS = ("an HF `datasets` directory (save_to_disk), .csv, .parquet or .npz; text: .txt, .jsonl, or a table "
+              "with a `text` column")
 
 
-def load(source: str, *, num_classes: int | None = None) -> Dataset:
+def load(source: str, *, num_classes: int | None = None, data=None) -> Dataset:
     """Load a registered data set by name, or a data set file/directory by path.
 
-    num_classes defaults to max label + 1 over train and test.
+    num_classes defaults to max label + 1 over train and test. `data`: the config's DataConfig,
+    whose text settings (task, context, tokenizer, labels) apply to text data (sisa.data.text).
     """
-    if source in REGISTRY:
+    from sisa.config import DataConfig
+    from sisa.data import text
+
+    data = data or DataConfig(dataset=source)
+    if source in TEXT_REGISTRY:
+        ds = _text_dataset(source, *TEXT_REGISTRY[source](), data)
+    elif source in REGISTRY:
         ds = REGISTRY[source]()
+    elif Path(source).exists() and text.is_text_source(str(Path(source).resolve())):
+        path = str(Path(source).resolve())
+        with _reading(path):
+            train, test = text.read_table(path)
+        ds = _text_dataset(path, train, test, data)
     elif Path(source).exists():
         ds = _load_path(str(Path(source).resolve()))
     else:
@@ -380,3 +408,61 @@ def _purchase_synth() -> Dataset:
 
 
 REGISTRY["purchase-synth"] = _purchase_synth
+
+
+def _pydoc() -> tuple[dict, None]:
+    from sisa.data import text
+
+    ids, texts = text.pydoc_corpus()
+    return {"text": texts, "id": ids}, None
+
+
+TEXT_REGISTRY: dict[str, Callable[[], tuple[dict, dict | None]]] = {"pydoc": _pydoc}  # name -> (train, test) tables
+
+
+def _text_dataset(name: str, train: dict, test: dict | None, data) -> Dataset:
+    """Tokenize text tables (sisa.data.text.read_table) into a Dataset of int32 token rows.
+
+    classify: rows of `data.context` tokens, labels from the `label` column; lm: rows of
+    context + 1 tokens (the model reads the first context, predicts the last), no labels.
+    Without a test table, rows with index % 5 == 4 are held out, as for any file.
+    """
+    from sisa.data import text
+
+    task = data.task if data.task != "auto" else ("classify" if "label" in train else "lm")
+    if task == "classify" and "label" not in train:
+        raise SisaError(f"data set {name!r}: data.task = \"classify\" needs a label column ('label' or 'y')")
+    ids = np.asarray(train["id"]) if "id" in train else np.arange(len(train["text"]))
+    text.check_documents(train["text"], ids.tolist(), name)
+    if test is not None:
+        text.check_documents(test["text"], list(range(len(test["text"]))), f"{name} (test split)")
+    tok = text.tokenizer(data.tokenizer)
+    length = data.context + (task == "lm")
+    x, _ = text.encode_rows(train["text"], tok, length)
+    names = None
+    if task == "lm":
+        y = np.zeros(len(x), np.int32)
+        y_test = None if test is None else np.zeros(len(test["text"]), np.int32)
+    else:
+        names, y = _label_numbers(name, train["label"], test["label"] if test is not None else [], data.labels)
+        y_test = None if test is None else _label_numbers(name, test["label"], [], names)[1]
+    x_test = None if test is None else text.encode_rows(test["text"], tok, length)[0]
+    ds = _assemble(name, x, y, ids=ids, groups=train.get("group"), x_test=x_test, y_test=y_test)
+    k = tok.vocab_size if task == "lm" else (len(names) if names is not None else ds.num_classes)
+    return dataclasses.replace(ds, num_classes=k, vocab_size=tok.vocab_size, task=task, tokenizer=tok.describe(),
+                               label_names=names)
+
+
+def _label_numbers(name: str, labels, other, given: tuple[str, ...]) -> tuple[tuple[str, ...] | None, np.ndarray]:
+    """(label names, int32 labels). Integer labels pass through (names None). String labels are
+    numbered by `given` (data.labels) when set, else by the sorted names in train and test: the
+    names are part of the run's schema, recorded in its manifest like its number of classes."""
+    values = np.asarray(labels)
+    if values.dtype.kind in "iu" and not given:
+        return None, _labels(values, name)
+    names = tuple(given) or tuple(sorted({str(v) for v in [*labels, *other]}))
+    index = {v: i for i, v in enumerate(names)}
+    unknown = sorted({str(v) for v in labels} - set(index))
+    if unknown:
+        raise SisaError(f"data set {name!r}: label(s) {unknown[:5]} are not in data.labels {list(names)}")
+    return names, np.fromiter((index[str(v)] for v in labels), np.int32, len(labels))

@@ -29,8 +29,6 @@ import numpy as np
 from sisa.training.aot import Program
 from sisa.training.step import ShardTrainer
 
-PREDICT_BATCH = 1024  # inputs per call of the serving program
-
 
 def lane_bucket(width: int, shards: int, devices: int = 1) -> int:
     """Lanes to run `width` of `shards` shards on `devices`; the same count on every device.
@@ -73,13 +71,13 @@ class Ensemble:
         # Fixed shardings in and out: a call with freshly placed inputs and a call with the
         # previous epoch's outputs hit the same compiled program.
         lane = self.lane_sharding
-        key = f"{trainer.cfg.digest()}|{trainer.input_shape}|{trainer.num_classes}|{trainer.scale}"  # devices: Program's own
+        key = trainer.identity  # devices: Program's own
         used = list(self.mesh.devices.flat)
         self.init = Program("init", jax.jit(init, in_shardings=lane, out_shardings=lane), key, used)
         self.epoch = Program("epoch", jax.jit(
             epoch, in_shardings=(lane, lane, lane, None, None, lane), out_shardings=(lane, lane), donate_argnums=0), key, used)
-        softmax = jax.vmap(lambda params, x: jax.nn.softmax(trainer.logits(params, x), axis=-1), in_axes=(0, None))
-        self._probabilities = Program("probabilities", jax.jit(softmax), key, used[:1])
+        outputs = jax.vmap(trainer.outputs, in_axes=(0, None))  # the task's serving outputs, per lane
+        self._probabilities = Program("probabilities", jax.jit(outputs), key, used[:1])
         self._serving = jax.sharding.SingleDeviceSharding(used[0])  # where predict's models live
 
     def width(self, shards_to_train: int, shards: int) -> int:
@@ -114,24 +112,30 @@ class Ensemble:
         return self.epoch.precompile(lanes(self.trainer.abstract_state), lanes(row, capacity), lanes(np.int32(0)), 0, 0,
                                      lanes(np.bool_(False)))
 
-    def precompile_probabilities(self, lanes: int, batch: int = PREDICT_BATCH) -> str:
+    @property
+    def _input_dtype(self):
+        return np.int32 if self.trainer.vocab_size else np.float32  # token ids, or features as float32
+
+    def precompile_probabilities(self, lanes: int) -> str:
         """Have `probabilities` ready for `lanes` stacked constituents, without running it."""
         params = jax.tree.map(lambda a: jax.ShapeDtypeStruct((lanes, *a.shape), a.dtype, sharding=self._serving),
                               self.trainer.abstract_state["params"])
-        x = jax.ShapeDtypeStruct((batch, *self.trainer.input_shape), np.float32)
+        x = jax.ShapeDtypeStruct((self.trainer.task.predict_batch, *self.trainer.input_shape), self._input_dtype)
         return self._probabilities.precompile(params, x)
 
-    def probabilities(self, params, x: np.ndarray, batch: int = PREDICT_BATCH) -> np.ndarray:
-        """Softmax outputs of every lane: [lanes, N, classes]. Inputs go in as float32 (what the
-        model computes in whatever their dtype), in fixed chunks: one program for any input."""
+    def probabilities(self, params, x: np.ndarray):
+        """The task's serving outputs of every lane (classification: softmax [lanes, N, classes];
+        see sisa.tasks), on store-format rows `x`. Inputs go in as float32 (what the model
+        computes in whatever their dtype) or int32 token ids, in fixed chunks of the task's
+        `predict_batch`: one program for any input."""
+        batch, dtype = self.trainer.task.predict_batch, self._input_dtype
         params, out = jax.device_put(params, self._serving), []  # the models go up once per call, not per chunk
-        for start in range(0, len(x), batch):
-            chunk = np.asarray(x[start : start + batch], np.float32)
-            pad = np.zeros((batch - len(chunk), *x.shape[1:]), np.float32)
-            out.append(np.asarray(self._probabilities(params, np.concatenate([chunk, pad])))[:, : len(chunk)])
-        if not out:
-            return np.zeros((jax.tree.leaves(params)[0].shape[0], 0, self.trainer.num_classes), np.float32)
-        return np.concatenate(out, axis=1)
+        for start in range(0, max(len(x), 1), batch):  # an empty input still runs once, for the outputs' shapes
+            chunk = np.asarray(x[start : start + batch], dtype)
+            pad = np.zeros((batch - len(chunk), *x.shape[1:]), dtype)
+            got = jax.device_get(self._probabilities(params, np.concatenate([chunk, pad])))
+            out.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:, :n], got))
+        return jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *out)
 
 
 def serving_lanes(shards: int) -> int:

@@ -57,15 +57,14 @@ def compile_ahead(ens, store, shards: int, batch_size: int, *, skip=(), stop=Non
     program. (`init` has one width, `Ensemble.init_width`: every training compiles it.)
     `skip`: the (width, capacity) the caller compiles itself. Between programs, stops once
     `stop` (a threading.Event) is set. Counts Program.precompile's outcomes."""
-    from sisa.training.ensemble import PREDICT_BATCH, serving_lanes
+    from sisa.training.ensemble import serving_lanes
 
     capacity, row = store.capacity(shards, batch_size), lane_row(store)
     widths = sorted({ens.width(w, shards) for w in range(1, shards + 1)}, reverse=True)
     # Store.capacity pads to a power of two of whole batches: the bucket below is half.
     tasks = [functools.partial(ens.precompile, w, capacity, row) for w in widths if (w, capacity) != skip]
     # What serve.shard_probabilities runs: one device, serving_lanes(S), fixed chunks.
-    tasks.append(functools.partial(ensemble_for(ens.trainer).precompile_probabilities, serving_lanes(shards),
-                                   PREDICT_BATCH))
+    tasks.append(functools.partial(ensemble_for(ens.trainer).precompile_probabilities, serving_lanes(shards)))
     if capacity > batch_size:
         tasks += [functools.partial(ens.precompile, w, capacity // 2, row) for w in widths]
     done = collections.Counter()

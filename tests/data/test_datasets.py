@@ -164,7 +164,7 @@ def test_malformed_files(tmp_path):
     p.write_bytes(b"not a zip")
     with pytest.raises(SisaError, match="cannot read"):
         load(str(p))
-    p = tmp_path / "d.txt"
+    p = tmp_path / "d.xyz"
     p.write_text("x")
     with pytest.raises(SisaError, match="unsupported file kind"):
         load(str(p))
