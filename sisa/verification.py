@@ -98,6 +98,8 @@ def certificate(wd, shards=None, *, progress: bool = True) -> dict:
         "problems": problems,
         "ledger_head": head,
         "forgotten": len(forgotten),
+        "model": {"name": cfg.model.name, "code_digest": wd.manifest.get("model_code"),
+                  "base": wd.manifest.get("base")},  # what the constituents are (sisa.models)
         "shards": per_shard,
         "environment": {"now": now, "at_training": then, "same": not differs, "accepted_changes": accepted,
                         "note": None if not differs and not accepted else

@@ -226,6 +226,8 @@ def test_adapters_on_a_frozen_base_forget_exactly_and_hold_only_adapters(tmp_pat
     full = sum(a.size for a in jax.tree.leaves(Workdir.open(base).checkpoints[0].restore(0)[0]["params"]))
     assert sum(a.size for a in jax.tree.leaves(state["params"])) < full / 3
     assert wd.manifest["base"]["digest"] and json.loads((root / "sisa.json").read_text())["base"]["path"] == str(base)
+    cert = api.verify(str(root), [1], progress=False)
+    assert cert["verdict"] == "verified" and cert["model"]["base"] == wd.manifest["base"]
 
 
 def test_a_changed_or_mismatched_base_is_refused(tmp_path):
@@ -317,3 +319,45 @@ def test_blobs_still_train_as_before(tmp_path, tiny_cfg):
     api.train(str(tmp_path / "r"), tiny_cfg, dataset=blobs(), progress=False)
     assert "vocab_size" not in Workdir.open(tmp_path / "r").manifest["dataset"]
 
+
+
+def sisa_cli(*argv, cwd=None):
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "sisa.cli", *argv], check=False, capture_output=True, text=True,
+                         cwd=cwd, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=600)
+    return out.returncode, out.stdout, out.stderr
+
+
+def test_the_cli_trains_predicts_and_evaluates_text(tmp_path):
+    docs = corpus(tmp_path / "docs.txt", labels=False)
+    cfg_path = tmp_path / "lm.toml"
+    from sisa.config import dumps
+
+    cfg_path.write_text(dumps(text_cfg("transformer_lm", docs)))
+    run = str(tmp_path / "run")
+    code, _, err = sisa_cli("train", "--workdir", run, "--config", str(cfg_path), "--json")
+    assert code == 0, err
+    (tmp_path / "p.txt").write_text("the film\nthe plot was\n")
+    (tmp_path / "p.jsonl").write_text('{"text": "the film", "continuation": " good"}\n')
+    code, out, err = sisa_cli("predict", "--workdir", run, "--input", str(tmp_path / "p.txt"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["tokens"] == [8, 12]
+    code, out, err = sisa_cli("predict", "--workdir", run, "--input", str(tmp_path / "p.jsonl"), "--json")
+    assert code == 0 and json.loads(out)["tokens"] == [5], err
+    code, out, err = sisa_cli("evaluate", "--workdir", run, "--json")
+    ev = json.loads(out)
+    assert code == 0 and ev["perplexity"] == pytest.approx(np.exp(ev["loss"])), err
+    (tmp_path / "bad.jsonl").write_text('{"txt": "no text field"}\n')
+    code, out, err = sisa_cli("predict", "--workdir", run, "--input", str(tmp_path / "bad.jsonl"), "--json")
+    assert code != 0 and json.loads(out)["kind"] == "bad_input" and "line 1" in err
+
+
+def test_demo_text_proves_its_forget_bit_for_bit(tmp_path):
+    code, out, err = sisa_cli("demo", "--text", "--workdir", str(tmp_path / "d"), "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["bit_identical"] is True and r["perplexity_after"] == r["perplexity_retrained"]
+    assert 1 < r["perplexity_after"] < 64
