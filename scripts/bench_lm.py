@@ -20,9 +20,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,9 +59,10 @@ def lm_config(quick: bool) -> config_lib.Config:
     return cfg.replace(train={"epochs": 2}, data={"context": 64}) if quick else cfg
 
 
-def plain_loop(cfg, ds, passes: int) -> float:
-    """Seconds per warm pass over every row of one model: jitted, lax.scan over batches of an
-    Adam(W) step on the masked next-token loss (the median of `passes` passes)."""
+def plain_loop(cfg, ds, passes: int, scan: bool = True) -> float:
+    """Seconds per warm pass over every row of one model: an Adam(W) step on the masked
+    next-token loss, jitted, over batches by `lax.scan` in one program (`scan`) or by a Python
+    loop (the median of `passes` passes)."""
     from sisa.models.transformer import TransformerLM
 
     t = cfg.data.context
@@ -71,6 +74,8 @@ def plain_loop(cfg, ds, passes: int) -> float:
     b = cfg.train.batch_size
     batches = len(ds.x) // b
     data = jnp.asarray(ds.x[: batches * b].reshape(batches, b, t + 1))
+    if not scan:
+        data = list(data)
 
     def loss_fn(p, batch):
         logits = nnx.merge(graphdef, p)(batch[:, :-1])
@@ -79,14 +84,23 @@ def plain_loop(cfg, ds, passes: int) -> float:
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         return jnp.sum(ce * w) / jnp.maximum(w.sum(), 1)
 
-    @jax.jit
-    def epoch(p, opt, data):
-        def step(carry, batch):
-            p, opt = carry
-            loss, g = jax.value_and_grad(loss_fn)(p, batch)
-            u, opt = tx.update(g, opt, p)
-            return (optax.apply_updates(p, u), opt), loss
-        return jax.lax.scan(step, (p, opt), data)
+    def step(carry, batch):
+        p, opt = carry
+        loss, g = jax.value_and_grad(loss_fn)(p, batch)
+        u, opt = tx.update(g, opt, p)
+        return (optax.apply_updates(p, u), opt), loss
+
+    if scan:
+        epoch = jax.jit(lambda p, opt, data: jax.lax.scan(step, (p, opt), data))
+    else:  # the loop most users write: one jitted step per batch
+        jstep = jax.jit(step)
+
+        def epoch(p, opt, data):
+            carry, losses = (p, opt), []
+            for batch in data:
+                carry, loss = jstep(carry, batch)
+                losses.append(loss)
+            return carry, losses
 
     opt = tx.init(params)
     jax.block_until_ready(epoch(params, opt, data))  # compile
@@ -101,31 +115,49 @@ def plain_loop(cfg, ds, passes: int) -> float:
 
 def throughput(cfg, ds, work: Path, repeats: int) -> dict:
     sisa.train(str(work / "warm"), cfg, dataset=ds, progress=False)  # compiles; untimed
-    sisa_s, plain_s = [], []
-    for r in range(repeats):  # interleaved: the machine's noise hits both
+    seconds = {"sisa": [], "plain_scan": [], "plain_steps": []}
+    for r in range(repeats):  # interleaved: the machine's noise hits all three
         t0 = time.perf_counter()
         ex_ep = sisa.train(str(work / f"t{r}"), cfg, dataset=ds, progress=False)["examples_epochs"]
-        sisa_s.append(time.perf_counter() - t0)
-        plain_s.append(plain_loop(cfg, ds, 3) * ex_ep / len(ds.x))
+        seconds["sisa"].append(time.perf_counter() - t0)
+        seconds["plain_scan"].append(plain_loop(cfg, ds, 3) * ex_ep / len(ds.x))
+        seconds["plain_steps"].append(plain_loop(cfg, ds, 3, scan=False) * ex_ep / len(ds.x))
     tokens = ex_ep * cfg.data.context
-    s, p = statistics.median(sisa_s), statistics.median(plain_s)
-    return {"examples_epochs": ex_ep, "tokens": tokens, "sisa_seconds": s, "plain_seconds": p,
-            "sisa_tokens_per_s": tokens / s, "plain_tokens_per_s": tokens / p, "ratio": p / s,
-            "target": TARGET_THROUGHPUT, "met": p / s >= TARGET_THROUGHPUT}
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    out = {"examples_epochs": ex_ep, "tokens": tokens, "seconds": med,
+           "tokens_per_s": {k: tokens / v for k, v in med.items()}, "target": TARGET_THROUGHPUT}
+    for k in ("plain_scan", "plain_steps"):
+        out[f"ratio_vs_{k}"] = med[k] / med["sisa"]
+    return out
 
 
-def compiles(cfg, ds, work: Path, deletions: int) -> dict:
-    COMPILES.clear()
-    root = work / f"compiles-{cfg.model.name}"
+def count_compiles(kind: str, quick: bool, deletions: int, work: Path) -> dict:
+    """In this (fresh) process: XLA compilations of a train plus `deletions` single-id forgets
+    and an evaluate, for the model kind `kind` (the classifier on pydoc labelled by id parity)."""
+    cfg = lm_config(quick)
+    if kind == "transformer":
+        from sisa.data import text
+
+        ids, texts = text.pydoc_corpus()
+        path = work / "labelled.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "id": i, "label": i % 2}) + "\n" for i, t in zip(ids, texts)))
+        cfg = cfg.replace(model={"name": "transformer"}, data={"dataset": str(path), "task": "classify"})
+    ds = datasets.load(cfg.data.dataset, data=cfg.data)
+    root = work / f"compiles-{kind}"
     sisa.train(str(root), cfg, dataset=ds, progress=False)
     after_train = len(COMPILES)
-    rng = np.random.default_rng(0)
-    for i in rng.choice(ds.ids, deletions, replace=False).tolist():
+    for i in np.random.default_rng(0).choice(ds.ids, deletions, replace=False).tolist():
         sisa.forget(str(root), [i], progress=False)
     sisa.evaluate(str(root))
-    return {"model": cfg.model.name, "deletions": deletions, "compiles": len(COMPILES), "after_train": after_train,
-            "names": sorted(set(COMPILES)), "target": TARGET_PROGRAMS,
-            "met": len(COMPILES) <= TARGET_PROGRAMS}
+    return {"model": kind, "deletions": deletions, "compiles": len(COMPILES), "after_train": after_train,
+            "names": sorted(set(COMPILES)), "target": TARGET_PROGRAMS, "met": len(COMPILES) <= TARGET_PROGRAMS}
+
+
+def compiles(kind: str, quick: bool, deletions: int) -> dict:
+    """`count_compiles` in a child process: nothing compiled before counts."""
+    argv = [sys.executable, __file__, "--count-compiles", kind, "--deletions", str(deletions)] + ["--quick"] * quick
+    out = subprocess.run(argv, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def adapters(cfg, ds, work: Path, quick: bool) -> dict:
@@ -160,27 +192,35 @@ def main() -> None:
     ap.add_argument("--deletions", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="context 64, 2 epochs, 10 deletions, 1 repeat")
+    ap.add_argument("--count-compiles", metavar="KIND", help=argparse.SUPPRESS)  # the child of `compiles`
     benchlib.output_flags(ap, "unused")
     args = ap.parse_args()
     if args.quick:
         args.deletions, args.repeats = min(args.deletions, 10), 1
+    if args.count_compiles:
+        with tempfile.TemporaryDirectory(prefix="sisa-bench-lm-") as work:
+            print(json.dumps(count_compiles(args.count_compiles, args.quick, args.deletions, Path(work))))
+        return
     cfg = lm_config(args.quick)
     ds = datasets.load(cfg.data.dataset, data=cfg.data)
     work = Path(tempfile.mkdtemp(prefix="sisa-bench-lm-"))
     try:
         out = {"config": cfg.to_dict(), "throughput": throughput(cfg, ds, work, args.repeats)}
-        out["compiles"] = [compiles(cfg, ds, work, args.deletions)]
+        out["compiles"] = [compiles(kind, args.quick, args.deletions) for kind in ("transformer_lm", "transformer")]
         out["adapters"] = adapters(cfg, ds, work, args.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if benchlib.finish(out, args):
         return
     t = out["throughput"]
-    print(f"throughput ({t['examples_epochs']} examples x epochs, {t['tokens']} tokens):")
-    print(f"  sisa  {t['sisa_tokens_per_s']:10.0f} tokens/s ({t['sisa_seconds']:.2f} s, S={cfg.partition.shards} x "
-          f"R={cfg.partition.slices}, checkpoints included)")
-    print(f"  plain {t['plain_tokens_per_s']:10.0f} tokens/s ({t['plain_seconds']:.2f} s, one jitted scan per epoch)")
-    print(f"  ratio sisa/plain {t['ratio']:.3f} (target >= {TARGET_THROUGHPUT}: {'met' if t['met'] else 'NOT met'})")
+    print(f"throughput ({t['examples_epochs']} examples x epochs, {t['tokens']} tokens; S={cfg.partition.shards} x "
+          f"R={cfg.partition.slices}, checkpoints included):")
+    for k, what in (("sisa", "sisa train"), ("plain_scan", "plain, one jitted lax.scan per epoch"),
+                    ("plain_steps", "plain, a Python loop of jitted steps")):
+        print(f"  {t['tokens_per_s'][k]:10.0f} tokens/s  {t['seconds'][k]:6.2f} s  {what}")
+    for k in ("plain_scan", "plain_steps"):
+        r = t[f"ratio_vs_{k}"]
+        print(f"  sisa / {k}: {r:.3f} (target >= {TARGET_THROUGHPUT}: {'met' if r >= TARGET_THROUGHPUT else 'NOT met'})")
     for c in out["compiles"]:
         print(f"compiles, {c['model']}: train + {c['deletions']} deletions + evaluate: {c['compiles']} XLA compilations "
               f"({c['after_train']} by train) {c['names']} (target <= {TARGET_PROGRAMS}: "

@@ -9,7 +9,7 @@
 from sisa.errors import SisaError
 
 _API = ("train", "forget", "predict", "evaluate", "status", "ledger", "verify", "audit", "compare", "demo")
-__all__ = ["Config", "SisaError", *_API]
+__all__ = ["Client", "Config", "SisaError", *_API]
 
 
 def __getattr__(name):  # lazy: `import sisa` stays cheap (no numpy, no JAX); each loads on first use
@@ -21,4 +21,8 @@ def __getattr__(name):  # lazy: `import sisa` stays cheap (no numpy, no JAX); ea
         from sisa.config import Config
 
         return Config
+    if name == "Client":
+        from sisa.client import Client
+
+        return Client
     raise AttributeError(f"module 'sisa' has no attribute {name!r}")

@@ -108,13 +108,18 @@ def _check_model(config: Config, dataset) -> None:
 
 
 @collective
-def forget(workdir, ids, *, request: str | None = None, reason: str | None = None, progress: bool = True,
-           allow_environment_change: bool = False) -> dict:
-    """Forget examples by id: afterwards the served ensemble equals training without them."""
+def forget(workdir, ids=None, *, group=None, request: str | None = None, reason: str | None = None,
+           progress: bool = True, allow_environment_change: bool = False) -> dict:
+    """Forget examples by id, or every example of a `group` (the data's group/user value):
+    afterwards the served ensemble equals training without them."""
     from sisa.unlearn import exact
 
+    if (ids is None) == (group is None):
+        raise SisaError("give either ids or a group to forget", kind="usage")
     wd = _open(workdir)
     with wd.lock():
+        if group is not None:
+            ids = exact.group_ids(wd, group)
         return exact.forget(wd, ids, request=request, reason=reason, progress=progress,
                             allow_environment_change=allow_environment_change)
 

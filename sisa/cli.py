@@ -98,6 +98,13 @@ def _flag(key: str):
     return parse
 
 
+def _port(text: str) -> int:
+    n = _whole(text)
+    if n is None or not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return n
+
+
 def _shard_number(text: str) -> int:
     n = _whole(text)
     if n is None or n < 0:
@@ -145,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--ids-file", help="file of ids, whitespace- or comma-separated (default: none)")
     f.add_argument("--request", help="reference of the erasure request, kept in the ledger (default: none)")
     f.add_argument("--reason", help="reason, kept in the ledger (default: none)")
+    f.add_argument("--group", help="forget every example of this group/user value of the data (default: none; not "
+                                   "with ids)")
     for c in (t, f):
         c.add_argument("--allow-environment-change", action="store_true",
                        help="go on although library versions or backend differ from training, recorded in the "
@@ -177,6 +186,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--config", required=True,
                    help="compare config TOML, e.g. experiments/compare_mnist5k.toml (required)")
     c.add_argument("--out", help="output directory (default: experiments/results/<config file stem>)")
+
+    sv = cmd("serve", "serve predictions over HTTP and forget on request (one server per workdir)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; any other needs a "
+                                                        "token)")
+    sv.add_argument("--port", type=_port, default=8080, help="port (default: 8080)")
+    sv.add_argument("--token-file", help="file holding the bearer token every request but /healthz must send "
+                                         "(default: $SISA_TOKEN, else none: loopback only)")
+    sv.add_argument("--batch-window", type=float, default=2.0,
+                    help="seconds a retraining waits for more requests to do them together (default: 2.0)")
+    sv.add_argument("--open-predict", action="store_true", help="let /v1/predict answer without the token "
+                                                                "(default: it needs it)")
+    sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default: 16)")
 
     d = cmd("demo", "train on mnist5k, forget 10 ids, prove the result exact", workdir=False)
     d.add_argument("--workdir", help="keep the demo's runs here (default: a temporary directory)")
@@ -351,8 +372,21 @@ def run(args) -> dict:
             return api.train(args.workdir, _config(args), progress=progress,
                              allow_environment_change=args.allow_environment_change)
         case "forget":
-            return api.forget(args.workdir, _ids(args), request=args.request, reason=args.reason, progress=progress,
-                              allow_environment_change=args.allow_environment_change)
+            if args.group is not None and (args.ids or args.ids_file):
+                raise SisaError("give ids or --group, not both", kind="usage")
+            ids = None if args.group is not None else _ids(args)
+            return api.forget(args.workdir, ids, group=args.group, request=args.request, reason=args.reason,
+                              progress=progress, allow_environment_change=args.allow_environment_change)
+        case "serve":
+            from sisa import service
+
+            if not (0 <= args.batch_window <= 3600) or not (0 < args.max_body_mb <= 4096):
+                raise SisaError("--batch-window must lie in [0, 3600] seconds and --max-body-mb in (0, 4096]",
+                                kind="usage")
+            token = service.read_token(args.token_file, os.environ)
+            service.serve(args.workdir, host=args.host, port=args.port, token=token, batch_window=args.batch_window,
+                          open_predict=args.open_predict, max_body=int(args.max_body_mb * 2**20))
+            return {"served": str(args.workdir)}
         case "predict":
             return api.predict(args.workdir, _load_input(args.input), args.aggregation)
         case "evaluate":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +59,9 @@ class Ledger:
         self.path = Path(path)
         self._anchor, self._on_append = anchor, on_append
         self._cache: tuple | None = None  # ((size, mtime_ns), records): a command reads it often
+        # One append at a time per process (sisa serve: request handlers and the retraining worker):
+        # each record chains on the head the previous append left.
+        self._lock = threading.RLock()
 
     def records(self) -> list[dict]:
         """All records, chain and anchor checked. A torn last line (crash mid-append) is ignored."""
@@ -149,11 +153,12 @@ class Ledger:
         return [e for e in self.entries() if e["state"] != "committed"]
 
     def request(self, ids: list[int], affected: dict[int, int], *, request: str | None, reason: str | None) -> dict:
-        seq = max((e["seq"] for e in self.entries()), default=0) + 1
-        self._append({"kind": "request", "seq": seq, "ids": sorted(ids),
-                      "affected": {str(k): v for k, v in sorted(affected.items())},
-                      "request": request, "reason": reason})
-        return next(e for e in self.entries() if e["seq"] == seq)
+        with self._lock:
+            seq = max((e["seq"] for e in self.entries()), default=0) + 1
+            self._append({"kind": "request", "seq": seq, "ids": sorted(ids),
+                          "affected": {str(k): v for k, v in sorted(affected.items())},
+                          "request": request, "reason": reason})
+            return next(e for e in self.entries() if e["seq"] == seq)
 
     def advance(self, entry: dict, state: str) -> None:
         """Record that `entry` reached `state` (no-op if it already has)."""
@@ -162,6 +167,10 @@ class Ledger:
             self._append({"kind": "state", "seq": entry["seq"], "state": state})
 
     def _append(self, record: dict) -> None:
+        with self._lock:
+            self._append_locked(record)
+
+    def _append_locked(self, record: dict) -> None:
         prev = self.head()  # checks the anchor first: a cut must not be written over
         self._drop_torn_tail()
         record = {**record, "time": _now(), "prev": prev}

@@ -87,51 +87,65 @@ def read_consistently(wd, read, *, stages: bool = False):
 class Constituents:
     shards: list[int]  # served shards, in order
     params: dict  # stacked over served shards
-    pending: list[int]  # shards with no final checkpoint
+    pending: list[int]  # shards whose final stage is not served (retraining, damaged): served from an earlier stage, or not at all
     empty: list[int]  # shards that have seen no data
     served: dict = dataclasses.field(default_factory=dict)  # shard -> {"stage", "ids_digest"} of what serves it
 
 
 def constituents(wd) -> Constituents:
-    """Every shard that is safe to serve: final checkpoint present, intact, and its lineage free
-    of every id the ledger has been asked to forget (committed or not). Read optimistically."""
+    """Every shard's newest stage that is safe to serve: intact, and its lineage free of every id
+    the ledger has been asked to forget (committed or not). A shard whose final stage saw such an
+    id (its retraining not finished) answers from the newest earlier stage that saw none of them,
+    the stage before the earliest affected slice, as soon as the request is in the ledger: not
+    nothing, and never a stage that saw them (S3T's deactivated slices). Read optimistically."""
     return read_consistently(wd, lambda: _constituents(wd))
 
 
 def _constituents(wd) -> Constituents:
-    from sisa.checkpoint import CheckpointCorrupted, CheckpointUnreadable
     from sisa.training.ensemble import stack
 
     slices = wd.config.partition.slices
     forgotten = set(wd.ledger().forgotten())  # before any checkpoint (see the module doc)
     served, params, pending, empty, lineages = [], [], [], [], {}
     for ckpt in wd.checkpoints:
-        if ckpt.latest() != slices - 1:
+        found = _newest_clean(ckpt, forgotten)
+        if ckpt.latest() != slices - 1 or found is None or found[0] != slices - 1:
             pending.append(ckpt.shard)
+        if found is None:
             continue
-        path = ckpt.stage_path(slices - 1)  # this shard's part of the save that holds its final stage
+        stage, state, lineage = found
+        if not lineage["ids"]:  # nothing trained: an initial state has nothing to say
+            if stage == slices - 1:
+                empty.append(ckpt.shard)
+            continue
+        served.append(ckpt.shard)
+        params.append(state["params"])
+        lineages[ckpt.shard] = {"stage": stage, "ids_digest": lineage["ids_digest"]}
+    if not served:
+        raise SisaError(f"no shard of {wd.root} has a checkpoint to serve (pending: {pending}, empty: {empty})")
+    return Constituents(served, stack(params), pending, empty, lineages)
+
+
+def _newest_clean(ckpt, forgotten: set) -> tuple | None:
+    """(stage, state, lineage) of the shard's newest intact stage that saw no id of `forgotten`."""
+    from sisa.checkpoint import CheckpointCorrupted, CheckpointUnreadable
+
+    for stage in reversed(ckpt.stages()):
+        path = ckpt.stage_path(stage)  # this shard's part of the save that holds the stage
         seen = _identity(path) if path is not None else None
         try:
-            state, lineage = ckpt.restore(slices - 1)
-        except CheckpointCorrupted:  # damaged, or removed under us: the ledger this read saw makes it pending
-            pending.append(ckpt.shard)
+            if forgotten.intersection(ckpt.lineage(stage)["ids"]):
+                continue  # saw a forgotten id: no need to read its state
+            state, lineage = ckpt.restore(stage)  # its lineage again, checked against the state
+        except CheckpointCorrupted:  # damaged, or removed under us: an older stage may serve
             continue
         except (CheckpointUnreadable, OSError):  # unreadable although intact: the environment, unless it moved
             if seen is None or _identity(path) != seen:
                 raise _Changed from None
             raise
-        if forgotten.intersection(lineage["ids"]):
-            pending.append(ckpt.shard)  # its retraining has not finished yet
-            continue
-        if not lineage["ids"]:
-            empty.append(ckpt.shard)
-            continue
-        served.append(ckpt.shard)
-        params.append(state["params"])
-        lineages[ckpt.shard] = {"stage": slices - 1, "ids_digest": lineage["ids_digest"]}
-    if not served:
-        raise SisaError(f"no shard of {wd.root} has a final checkpoint to serve (pending: {pending}, empty: {empty})")
-    return Constituents(served, stack(params), pending, empty, lineages)
+        if not forgotten.intersection(lineage["ids"]):
+            return stage, state, lineage
+    return None
 
 
 class InputRangeWarning(UserWarning):
@@ -209,18 +223,19 @@ def _caller_level() -> int:
     return level
 
 
-def predict(wd, x, aggregation: str | None = None) -> dict:
+def predict(wd, x, aggregation: str | None = None, members: Constituents | None = None) -> dict:
     """Aggregated labels and probabilities for inputs `x`, given in the units of the training
     data (as stored: e.g. 0..255 pixels when the model scales by 1/255 itself). Inputs whose range
     is far from the training data's (see `units_mismatch`; the training range is computed here,
     from the data store's current survivors, and never stored) raise an InputRangeWarning.
 
     On a text run `x` is a list of strings (or token rows); a language model gives, per input, its
-    log-likelihood under the ensemble and the most likely next tokens (`predict_lm`)."""
+    log-likelihood under the ensemble and the most likely next tokens (`predict_lm`). `members`:
+    constituents read earlier (sisa.service keeps them while the workdir does not change)."""
     if wd.trainer.task_name == "lm":
-        return predict_lm(wd, x, aggregation)
+        return predict_lm(wd, x, aggregation, members)
     rows = text_rows(wd, x) if wd.trainer.vocab_size else x
-    members, probs = shard_probabilities(wd, rows)  # checks the inputs first
+    members, probs = shard_probabilities(wd, rows, members)  # checks the inputs first
     if not wd.trainer.vocab_size and (why := units_mismatch(wd.store().x, np.asarray(x))) is not None:
         warnings.warn(why, InputRangeWarning, stacklevel=_caller_level())
     p, labels = aggregate(probs, aggregation or wd.config.aggregation)
@@ -246,6 +261,7 @@ def evaluate(wd, aggregation: str | None = None) -> dict:
         "aggregation": method,
         "test_examples": len(y),
         "per_shard": {s: float((probs[i].argmax(-1) == y).mean()) for i, s in enumerate(members.shards)},
+        "served": members.served,
         "left_out": {"pending": members.pending, "empty": members.empty},
     }
     for name in ("vote", "softmax"):
@@ -334,14 +350,14 @@ def _lm_aggregation(aggregation: str | None) -> str:
     return "softmax"
 
 
-def predict_lm(wd, inputs, aggregation: str | None = None) -> dict:
+def predict_lm(wd, inputs, aggregation: str | None = None, members: Constituents | None = None) -> dict:
     """Per input: `score`, the log-likelihood (nats) of its text, or of its continuation given the
     text, under the ensemble's mixture; `tokens`, how many tokens were scored; and `next`, the
     TOP_NEXT most likely next tokens with their probabilities."""
     method = _lm_aggregation(aggregation)
     tok = _tokenizer(wd)
     rows, scored = _lm_rows(wd, inputs)
-    members, out = shard_probabilities(wd, rows)
+    members, out = shard_probabilities(wd, rows, members)
     token = np.where(scored, _mixture(out["token"]), 0.0)
     nxt = np.exp(_mixture(out["next"]))
     top = np.argsort(-nxt, axis=1, kind="stable")[:, :TOP_NEXT]
@@ -379,5 +395,6 @@ def evaluate_lm(wd, aggregation: str | None = None) -> dict:
         "loss": loss,
         "perplexity": float(np.exp(loss)),
         "per_shard": {s: float(np.exp(nats(out["token"][i]))) for i, s in enumerate(members.shards)},
+        "served": members.served,
         "left_out": {"pending": members.pending, "empty": members.empty},
     }

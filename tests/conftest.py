@@ -80,3 +80,14 @@ def file_digests(root) -> dict:
 
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(root).rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def assert_served_clean(root, served: dict, ids) -> None:
+    """No stage serving a shard (`served`: shard -> {"stage", ...}, as predict and evaluate give it)
+    saw any of `ids`."""
+    from sisa.workdir import Workdir
+
+    wd = Workdir.open(root)
+    for shard, info in served.items():
+        seen = set(wd.checkpoints[int(shard)].lineage(info["stage"])["ids"])
+        assert not seen.intersection(ids), (shard, info["stage"])

@@ -134,7 +134,9 @@ def _readers_during_forgets(tmp_path, source, tiny_cfg, forgets: int) -> dict:
     sisa.train(root, tiny_cfg, dataset=source, progress=False)
     ids = _forget_order(root, forgets)
     store = Store.load(Workdir(root).store_path)
-    initial = {s: set(store.ids[store.shard == s].tolist()) for s in np.unique(store.shard).tolist()}
+    # (shard, stage) -> the ids of the shard's slices 0..stage: what that stage's checkpoint saw
+    initial = {(s, r): set(store.ids[(store.shard == s) & (store.slice <= r)].tolist())
+               for s in np.unique(store.shard).tolist() for r in range(tiny_cfg.partition.slices)}
 
     stop = tmp_path / "stop"
     readers = {kind: (_spawn(READER, kind, root, stop, tmp_path / f"{kind}.json"), tmp_path / f"{kind}.json")
@@ -165,15 +167,16 @@ def _readers_during_forgets(tmp_path, source, tiny_cfg, forgets: int) -> dict:
     errors = {kind: r["errors"] for kind, r in results.items() if r["errors"]}
     assert not errors, json.dumps(errors, indent=1)[:6000]
 
-    # Each prediction served, per shard, a checkpoint whose lineage is the shard's ids less the first
-    # k forgotten ones, with k at least the number of requests recorded before the prediction began.
-    expected = {}  # (shard, digest) -> every k it stands for
-    for s, members in initial.items():
+    # Each prediction served, per shard, a stage whose lineage is the ids of the shard's slices up
+    # to it less the first k forgotten ones, with k at least the number of requests recorded before
+    # the prediction began (a shard retraining answers from an earlier stage that saw none of them).
+    expected = {}  # (shard, stage, digest) -> every k it stands for
+    for (s, r), members in initial.items():
         for k in range(forgets + 1):
-            expected.setdefault((s, lineage_digest(sorted(members - set(ids[:k])))), set()).add(k)
+            expected.setdefault((s, r, lineage_digest(sorted(members - set(ids[:k])))), set()).add(k)
     for p in results["predict"]["predictions"]:
         for shard, got in p["served"].items():
-            ks = expected.get((int(shard), got["ids_digest"]))
+            ks = expected.get((int(shard), got["stage"], got["ids_digest"]))
             assert ks is not None, f"shard {shard} served a checkpoint with an unexpected lineage: {p}"
             assert max(ks) >= p["before"], f"shard {shard} served a checkpoint that saw a forgotten id: {p}"
 

@@ -13,7 +13,7 @@ import sisa
 from sisa.deletion_ledger import Ledger
 from sisa.verification import final_digests
 from sisa.workdir import Workdir
-from tests.conftest import npz_dataset
+from tests.conftest import assert_served_clean, npz_dataset
 
 # Forgetting ids in shard 1 slice 1 and shard 2 slice 0 (3 shards x 3 slices, 2 epochs a stage)
 # deletes 5 stale checkpoints, trains 6 epochs and saves 5 new checkpoints in 3 saves (one per
@@ -56,6 +56,14 @@ def test_forget_killed_at_any_point_recovers_exactly(runs, tmp_path, point):
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-2000:])
 
     acknowledged = any(e["ids"] == sorted(ids) for e in Ledger(root / "ledger.jsonl").entries())
+    # Meanwhile a reader serves at once what saw none of the ids: shard 0 (not affected) its final
+    # stage, shard 1 (its id in slice 1) at least its stage 0, shard 2 whatever it has retrained.
+    served = sisa.predict(root, Workdir.open(root).test_split()[0][:5])["served"]
+    if acknowledged:
+        assert_served_clean(root, served, ids)
+        assert served[0]["stage"] == 2 and 1 in served
+    else:
+        assert {s: v["stage"] for s, v in served.items()} == {0: 2, 1: 2, 2: 2}
     sisa.train(root, progress=False)  # any writing command recovers first
     if not acknowledged:  # killed before the request was on disk: it never happened; ask again
         sisa.forget(root, ids, progress=False)

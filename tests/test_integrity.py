@@ -12,7 +12,7 @@ from sisa import fsutil
 from sisa.errors import SisaError
 from sisa.verification import final_digests
 from sisa.workdir import Workdir
-from tests.conftest import file_digests
+from tests.conftest import assert_served_clean, file_digests
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def test_damaged_final_checkpoint_is_detected_and_rebuilt_bit_for_bit(run, damag
     victim.write_bytes(bytes(data))
     assert final_digests(Workdir.open(run))[1] == "corrupted"
     before = file_digests(run)
-    ev = sisa.evaluate(run)  # a reader: serves what is intact, names the rest, changes nothing
-    assert sorted(ev["per_shard"]) == [0, 2] and ev["left_out"]["pending"] == [1]
+    ev = sisa.evaluate(run)  # a reader: serves what is intact (shard 1 its stage before), changes nothing
+    assert sorted(ev["per_shard"]) == [0, 1, 2] and ev["left_out"]["pending"] == [1] and ev["served"][1]["stage"] == 1
     assert file_digests(run) == before
     sisa.train(run, progress=False)  # a writer: finds the damage by its file digests and rebuilds
     assert final_digests(Workdir.open(run)) == expected
@@ -124,9 +124,11 @@ def test_disk_failure_mid_forget_is_recorded_and_finished_by_the_next_command(ru
     from sisa import serve
 
     members = serve.constituents(Workdir.open(run))
-    assert 2 in members.pending and 2 not in members.shards
-    ev = sisa.evaluate(run)  # a reader: serves the safe shards, finishes nothing
-    assert sisa.ledger(run)["entries"][0]["state"] == "requested" and 2 not in ev["per_shard"]
+    assert 2 in members.pending  # served, if at all, from a stage before the ids' earliest slice
+    assert_served_clean(run, members.served, ids)
+    ev = sisa.evaluate(run)  # a reader: serves the safe stages, finishes nothing
+    assert sisa.ledger(run)["entries"][0]["state"] == "requested"
+    assert_served_clean(run, ev["served"], ids)
     assert any("purge" in step for step in sisa.status(run)["pending_plan"])
     sisa.train(run, progress=False)  # the next writer finishes the request
     ev = sisa.evaluate(run)

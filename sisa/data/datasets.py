@@ -248,6 +248,11 @@ def _assemble(name, x, y, *, ids=None, groups=None, x_test=None, y_test=None, sc
     return Dataset(name, x, y, ids, x_test, y_test, k, groups=groups, scale=scale)
 
 
+def group_number(value: str) -> int:
+    """The number a non-integer group value gets (see `_group_numbers`)."""
+    return int(_group_numbers(np.asarray([value], dtype=object))[0])
+
+
 def _group_numbers(groups: np.ndarray) -> np.ndarray:
     """A non-negative int64 per non-integer group value: blake2b (8 bytes) of its own `str`.
 

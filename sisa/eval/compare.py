@@ -250,6 +250,9 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
     t0, load_before = time.perf_counter(), os.getloadavg()
     ds = dataset if dataset is not None else datasets.load(cfg.engine.data.dataset,
                                                            num_classes=cfg.engine.data.num_classes, data=cfg.engine.data)
+    if ds.vocab_size is not None:
+        raise SisaError("sisa compare runs the approximate baselines on classification of numeric features; "
+                        f"{cfg.engine.data.dataset!r} is text")
     seeds = [cfg.first_seed] + [s for s in cfg.seeds if s != cfg.first_seed]
     rows, searches, facts = [], {}, {}
     work = Path(tempfile.mkdtemp(prefix="sisa-compare-", dir=out if keep_workdirs else None))

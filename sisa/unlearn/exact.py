@@ -39,6 +39,21 @@ def parse_ids(ids) -> list[int]:
     return out
 
 
+def group_ids(wd, group) -> list[int]:
+    """The ids of every example of `group` (a `group`/`user` value of the data: an integer, or
+    any other value, matched as the data set numbered it) not forgotten yet."""
+    from sisa.data.datasets import group_number
+
+    numbers = {group_number(str(group))}
+    if isinstance(group, int) or (isinstance(group, str) and group.isascii() and group.isdigit()):
+        numbers.add(int(group))
+    store, done = wd.store(), wd.ledger().forgotten()
+    ids = [i for i in store.ids[np.isin(store.group, sorted(numbers))].tolist() if i not in done]
+    if not ids:
+        raise SisaError(f"group {group!r} has no example left in the training data of {wd.root}")
+    return ids
+
+
 def forget(wd, ids, *, request: str | None = None, reason: str | None = None, progress: bool = True,
            allow_environment_change: bool = False) -> dict:
     t0 = time.perf_counter()
