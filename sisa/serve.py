@@ -92,23 +92,25 @@ class Constituents:
     served: dict = dataclasses.field(default_factory=dict)  # shard -> {"stage", "ids_digest"} of what serves it
 
 
-def constituents(wd) -> Constituents:
+def constituents(wd, cache: dict | None = None) -> Constituents:
     """Every shard's newest stage that is safe to serve: intact, and its lineage free of every id
     the ledger has been asked to forget (committed or not). A shard whose final stage saw such an
     id (its retraining not finished) answers from the newest earlier stage that saw none of them,
     the stage before the earliest affected slice, as soon as the request is in the ledger: not
-    nothing, and never a stage that saw them (S3T's deactivated slices). Read optimistically."""
-    return read_consistently(wd, lambda: _constituents(wd))
+    nothing, and never a stage that saw them (S3T's deactivated slices). Read optimistically.
+    `cache`: a dict kept between calls (sisa.service) of stages restored before, reused while
+    their files are the same (same inode, size and time)."""
+    return read_consistently(wd, lambda: _constituents(wd, cache))
 
 
-def _constituents(wd) -> Constituents:
+def _constituents(wd, cache: dict | None = None) -> Constituents:
     from sisa.training.ensemble import stack
 
     slices = wd.config.partition.slices
     forgotten = set(wd.ledger().forgotten())  # before any checkpoint (see the module doc)
     served, params, pending, empty, lineages = [], [], [], [], {}
     for ckpt in wd.checkpoints:
-        found = _newest_clean(ckpt, forgotten)
+        found = _newest_clean(ckpt, forgotten, cache)
         if ckpt.latest() != slices - 1 or found is None or found[0] != slices - 1:
             pending.append(ckpt.shard)
         if found is None:
@@ -126,17 +128,27 @@ def _constituents(wd) -> Constituents:
     return Constituents(served, stack(params), pending, empty, lineages)
 
 
-def _newest_clean(ckpt, forgotten: set) -> tuple | None:
+def _newest_clean(ckpt, forgotten: set, cache: dict | None = None) -> tuple | None:
     """(stage, state, lineage) of the shard's newest intact stage that saw no id of `forgotten`."""
     from sisa.checkpoint import CheckpointCorrupted, CheckpointUnreadable
 
     for stage in reversed(ckpt.stages()):
         path = ckpt.stage_path(stage)  # this shard's part of the save that holds the stage
         seen = _identity(path) if path is not None else None
+        key = (ckpt.shard, stage, str(path), seen)  # a stage saved again goes to another save (path)
+        if cache is not None and seen is not None and key in cache:
+            state, lineage = cache[key]
+            if not forgotten.intersection(lineage["ids"]):
+                return stage, state, lineage
+            continue
         try:
             if forgotten.intersection(ckpt.lineage(stage)["ids"]):
                 continue  # saw a forgotten id: no need to read its state
             state, lineage = ckpt.restore(stage)  # its lineage again, checked against the state
+            if cache is not None and seen is not None:
+                for old in [k for k in cache if k[:2] == key[:2]]:
+                    del cache[old]
+                cache[key] = (state, lineage)
         except CheckpointCorrupted:  # damaged, or removed under us: an older stage may serve
             continue
         except (CheckpointUnreadable, OSError):  # unreadable although intact: the environment, unless it moved

@@ -83,6 +83,25 @@ class Metrics:
         return "\n".join(out) + "\n"
 
 
+class FairLock:
+    """A lock granted in the order it was asked for: an acknowledgement waiting behind predictions
+    is not overtaken by the ones asked for after it (threading.Lock makes no such promise)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._next = self._serving = 0
+
+    def __enter__(self):
+        with self._cond:
+            ticket, self._next = self._next, self._next + 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
 class Service:
     """The workdir's writer for as long as the server runs (see the module doc)."""
 
@@ -97,10 +116,14 @@ class Service:
         self._held.__enter__()  # WorkdirBusy if another writer has it
         self.batch_window = batch_window
         self.metrics = Metrics()
-        self.serving = threading.Lock()  # one prediction at a time; an acknowledgement waits for it
+        self.serving = FairLock()  # one prediction at a time; an acknowledgement waits for the one in flight
         self.acknowledging = threading.Lock()  # one request checked and recorded at a time
         self._wake, self._stop = threading.Event(), threading.Event()
         self._cache: tuple | None = None  # (version, reader Workdir, constituents)
+        self._restored: dict = {}  # stages read before, reused while their files stay (serve.constituents)
+        self._last_pass = -float("inf")  # when the worker's last pass ended (time.monotonic)
+        self.ready = False  # models read and the serving program loaded: /readyz says so
+        self._busy = False  # the worker is in a pass
         self.worker_error: str | None = None
         self.worker = threading.Thread(target=self._work, name="sisa-retrain", daemon=True)
 
@@ -118,29 +141,49 @@ class Service:
     # retraining
 
     def _work(self) -> None:
+        """Retraining passes. A request reaching an idle server (no pass in the last
+        `batch_window` seconds) starts one at once; requests arriving during a pass, or within the
+        window after it, wait for the window to end and are retrained together in one pass."""
         from sisa import reconcile
 
+        self._warm_up()
         while not self._stop.is_set():
             self._wake.wait()
-            if self._stop.wait(self.batch_window if self.wd.ledger().pending() else 0):
-                return  # requests arriving within the window join this pass
+            wait = self._last_pass + self.batch_window - time.monotonic()
+            if self._stop.wait(max(wait, 0.0)):
+                return
             self._wake.clear()
+            self._busy = True
             t0 = time.perf_counter()
             try:
                 done = reconcile.reconcile(self.wd, progress=False)
+                self.worker_error = None
+                if done["trained"]["shards_trained"] or done["committed"]:
+                    with self.metrics._lock:
+                        self.metrics.retrain_seconds += time.perf_counter() - t0
+                        self.metrics.retrains += 1
             except Exception as e:  # served on at once from the safe stages; tried again on the next request
                 self.worker_error = f"{type(e).__name__}: {e}"
                 log.error("retraining failed: %s", self.worker_error)
-                continue
-            self.worker_error = None
-            if done["trained"]["shards_trained"] or done["committed"]:
-                with self.metrics._lock:
-                    self.metrics.retrain_seconds += time.perf_counter() - t0
-                    self.metrics.retrains += 1
+            finally:
+                self._last_pass = time.monotonic()
+                self._busy = False
+
+    def _warm_up(self) -> None:
+        """Read the models and load the serving program before the first prediction needs them."""
+        from sisa.training.ensemble import ensemble_for, serving_lanes
+
+        try:
+            with self.serving:
+                wd, _ = self._reader()
+                ensemble_for(wd.trainer).precompile_probabilities(serving_lanes(wd.config.partition.shards))
+        except Exception as e:  # the first prediction reports it
+            log.error("warming up failed: %s: %s", type(e).__name__, e)
+        self.ready = True
 
     def idle(self) -> bool:
-        """No request pending and the worker waiting."""
-        return not self.wd.ledger().pending() and not self._wake.is_set()
+        """No request pending and the worker waiting (its last pass fully done)."""
+        return not self._busy and not self._wake.is_set() and not self.wd.ledger().pending()
 
     # reads
 
@@ -152,7 +195,7 @@ class Service:
         version = serve.version(self.wd, stages=True)
         if self._cache is None or self._cache[0] != version:
             wd = Workdir.open(self.root)
-            self._cache = (version, wd, serve.constituents(wd))
+            self._cache = (version, wd, serve.constituents(wd, self._restored))
         return self._cache[1], self._cache[2]
 
     def predict(self, inputs, aggregation: str | None = None) -> dict:
@@ -246,7 +289,7 @@ def app(service: Service, *, token: str | None = None, open_predict: bool = Fals
 
     from sisa.cli import _jsonable
 
-    public = {"/healthz", "/"} | ({"/v1/predict"} if open_predict else set())
+    public = {"/healthz", "/readyz", "/"} | ({"/v1/predict"} if open_predict else set())
 
     def error(status: int, message: str, kind: str) -> JSONResponse:
         return JSONResponse({"error": message, "kind": kind}, status_code=status)
@@ -351,7 +394,10 @@ def app(service: Service, *, token: str | None = None, open_predict: bool = Fals
         return as_json(await run_in_threadpool(lambda: api.verify(service.root, chosen, progress=False)))
 
     async def healthz(request):
-        return as_json({"ok": True, "worker_error": service.worker_error})
+        return as_json({"ok": True, "ready": service.ready, "worker_error": service.worker_error})
+
+    async def readyz(request):  # for a load balancer: 503 until the models are read
+        return as_json({"ready": service.ready}, 200 if service.ready else 503)
 
     async def metrics(request):
         pending = len(service.wd.ledger().pending())
@@ -368,6 +414,7 @@ def app(service: Service, *, token: str | None = None, open_predict: bool = Fals
         Route("/v1/ledger", endpoint("ledger", ledger), methods=["GET"]),
         Route("/v1/certificate", endpoint("certificate", certificate), methods=["GET"]),
         Route("/healthz", endpoint("healthz", healthz), methods=["GET"]),
+        Route("/readyz", endpoint("readyz", readyz), methods=["GET"]),
         Route("/metrics", endpoint("metrics", metrics), methods=["GET"]),
         Route("/", endpoint("page", page), methods=["GET"]),
     ]

@@ -99,13 +99,23 @@ def test_a_forget_takes_effect_before_its_retraining(run):
 
 
 def test_requests_within_the_window_retrain_together(run):
-    svc, client = server(run, batch_window=1.0)
+    """The first request on an idle server retrains at once; those arriving during its pass or
+    within the window after it are retrained together in one more pass."""
+    svc, client = server(run, batch_window=2.0)
     try:
-        for ids in (ids_in(run, 0, 2), ids_in(run, 1, 2), ids_in(run, 0, 1)):
+        settle(svc)
+        time.sleep(2.1)  # idle for a whole window
+        t0 = time.monotonic()
+        first = client.post("/v1/forget", json={"ids": ids_in(run, 0, 2)}, headers=AUTH).json()["request_id"]
+        while client.get(f"/v1/requests/{first}", headers=AUTH).json()["state"] != "committed":
+            time.sleep(0.01)
+        assert time.monotonic() - t0 < 2.0  # not held for the window
+        for ids in (ids_in(run, 1, 2), ids_in(run, 0, 1), ids_in(run, 2, 1)):  # within the window after it
             assert client.post("/v1/forget", json={"ids": ids}, headers=AUTH).status_code == 202
         settle(svc)
-        assert svc.metrics.retrains == 1
-        assert "sisa_retrains_total 1" in client.get("/metrics", headers=AUTH).text
+        assert svc.metrics.retrains == 2
+        assert "sisa_retrains_total 2" in client.get("/metrics", headers=AUTH).text
+        assert client.get("/readyz").json() == {"ready": True}
     finally:
         svc.close()
 
@@ -271,3 +281,24 @@ def test_an_acknowledged_request_survives_kill_9_and_a_restart_finishes_it(run, 
     api.train(str(tmp_path / "scratch"), tiny_cfg, dataset=tiny_ds.without(ids), progress=False)
     assert compare(Workdir.open(run), Workdir.open(tmp_path / "scratch"))["identical"]
     assert [e["request"] for e in json.loads(json.dumps(api.ledger(str(run))["entries"]))] == ["gdpr-1"]
+
+
+def test_the_cli_forgets_a_group_and_refuses_ids_with_it(tmp_path, tiny_cfg):
+    import dataclasses
+
+    from tests.conftest import blobs
+
+    ds = blobs()
+    names = np.asarray([f"user-{i % 5}" for i in range(len(ds.ids))], dtype=object)
+    from sisa.data.datasets import _group_numbers
+
+    ds = dataclasses.replace(ds, groups=_group_numbers(names))
+    root = tmp_path / "g"
+    api.train(str(root), tiny_cfg, dataset=ds, progress=False)
+    cli = [sys.executable, "-m", "sisa.cli", "forget", "--workdir", str(root)]
+    both = subprocess.run([*cli, "--group", "user-2", "5"], check=False, capture_output=True, text=True)
+    assert both.returncode != 0 and "not both" in both.stderr
+    out = subprocess.run([*cli, "--group", "user-2", "--json"], check=False, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    [entry] = api.ledger(str(root))["entries"]
+    assert entry["ids"] == sorted(ds.ids[names == "user-2"].tolist()) and entry["state"] == "committed"
