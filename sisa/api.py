@@ -221,8 +221,9 @@ def audit(workdir, source: str | None = None) -> dict:
     return run_audit(_open(workdir), source)
 
 
-def compare(config, out_dir, *, progress: bool = True) -> dict:
-    """Exact (SISA) vs approximate unlearning on the same data, model and compute accounting."""
+def compare(config, out_dir, *, progress: bool = True, overwrite: bool = False, quick: bool = False) -> dict:
+    """Exact (SISA) vs approximate unlearning on the same data, model and compute accounting.
+    `out_dir` must be new or empty unless `overwrite`; `quick`: a short budget (one seed, ...)."""
     from sisa.eval import compare as benchmark
 
-    return benchmark.run(config, out_dir, progress=progress)
+    return benchmark.run(config, out_dir, progress=progress, overwrite=overwrite, short=quick)

@@ -185,7 +185,12 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("compare", "exact (SISA) vs approximate unlearning benchmark", workdir=False)
     c.add_argument("--config", required=True,
                    help="compare config TOML, e.g. experiments/compare_mnist5k.toml (required)")
-    c.add_argument("--out", help="output directory (default: experiments/results/<config file stem>)")
+    c.add_argument("--out", help="output directory, new or empty (default: runs/compare/<config file stem>-<time>; "
+                                 "committed results are never written over)")
+    c.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (default: refuse)")
+    c.add_argument("--quick", action="store_true",
+                   help="a short budget: one seed, one forget fraction, the smallest SISA run, each grid's first "
+                        "value (default: the config's full budget)")
 
     sv = cmd("serve", "serve predictions over HTTP and forget on request (one server per workdir)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; any other needs a "
@@ -403,8 +408,11 @@ def run(args) -> dict:
         case "compare":
             from pathlib import Path
 
-            out = args.out or str(Path("experiments/results") / Path(args.config).stem)
-            return api.compare(args.config, out, progress=progress)
+            import time
+
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = args.out or str(Path("runs") / "compare" / f"{Path(args.config).stem}{'-quick' * args.quick}-{stamp}")
+            return api.compare(args.config, out, progress=progress, overwrite=args.overwrite, quick=args.quick)
         case "demo":
             return api.demo(args.workdir, progress=progress, text=args.text)
     raise AssertionError(args.command)

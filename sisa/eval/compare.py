@@ -232,10 +232,23 @@ def scenarios(cfg: CompareConfig, train_ds, seed: int) -> list[Scenario]:
     return out
 
 
-def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: bool = False) -> dict:
+def quick(cfg: CompareConfig) -> CompareConfig:
+    """A short budget of `cfg`: one seed, the smallest random forget fraction, no class scenario,
+    the smallest SISA run, each method's grid cut to its first value (minutes, not an hour)."""
+    methods = tuple(dataclasses.replace(m, grid={k: v[:1] for k, v in m.grid.items()}) for m in cfg.methods)
+    return dataclasses.replace(cfg, name=f"{cfg.name}-quick", seeds=cfg.seeds[:1], search_seed=None,
+                               forget_fractions=tuple(sorted(cfg.forget_fractions)[:1]) or cfg.forget_fractions,
+                               forget_class=cfg.forget_class and not cfg.forget_fractions,
+                               sisa_shards=(min(cfg.sisa_shards),), shadow_shards=None, methods=methods)
+
+
+def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: bool = False,
+        overwrite: bool = False, short: bool = False) -> dict:
     """Run the benchmark of `config` (a CompareConfig, its TOML layout as a dict, or a path to a
-    TOML file) and write the report to `out_dir`. `dataset` (a Dataset) replaces the one the
-    config names. Returns paths, wall time, the aggregated summary and `reaches_gold`."""
+    TOML file) and write the report to `out_dir`, which must be new or empty unless `overwrite`
+    (committed results are never replaced by accident). `short`: the `quick` budget. `dataset` (a
+    Dataset) replaces the one the config names. Returns paths, wall time, the aggregated summary
+    and `reaches_gold`."""
     from sisa import runtime
     from sisa.data import datasets
 
@@ -244,8 +257,14 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
     else:
         cfg = config if isinstance(config, CompareConfig) else from_dict(config)
         toml_text = dumps(cfg)
-    runtime.setup()
+    if short:
+        cfg = quick(cfg)
+        toml_text = dumps(cfg)
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise SisaError(f"{out} exists and is not empty: give another --out (or --overwrite to replace what is there)",
+                        kind="usage")
+    runtime.setup()
     out.mkdir(parents=True, exist_ok=True)
     t0, load_before = time.perf_counter(), os.getloadavg()
     ds = dataset if dataset is not None else datasets.load(cfg.engine.data.dataset,

@@ -132,6 +132,19 @@ def test_compare_end_to_end_writes_report_results_and_plots(tmp_path):
     assert "SISA S=2 (exact)" in report and compare.GOLD in report
 
 
+def test_compare_never_writes_over_results_and_has_a_quick_budget(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "report.md").write_text("committed")
+    with pytest.raises(SisaError, match="not empty.*--overwrite"):
+        compare.run(compare.from_dict(TINY), out, dataset=blobs(), progress=False)
+    assert (out / "report.md").read_text() == "committed"
+    q = compare.quick(compare.from_dict({**TINY, "seeds": [0, 1, 2], "forget": {"random": [0.1, 0.01], "class": True},
+                                         "sisa": {"shards": [2, 4], "slices": 2}}))
+    assert q.seeds == (0,) and q.forget_fractions == (0.01,) and not q.forget_class and q.sisa_shards == (2,)
+    assert all(len(v) == 1 for m in q.methods for v in m.grid.values())
+
+
 def test_compare_config_schema(tmp_path):
     for path in ("experiments/compare_mnist5k.toml", "experiments/compare_gpu.toml"):
         cfg = compare.load(path)
