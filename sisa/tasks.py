@@ -26,6 +26,15 @@ import optax
 PAD = 0  # sisa.data.text.PAD: padding token (no JAX import there)
 
 
+def cross_entropy(logits, targets, smoothing: float):
+    """Cross-entropy of integer `targets` over the last axis of `logits`, against (1 - a) one-hot +
+    a / classes when smoothing a > 0."""
+    if smoothing:
+        onehot = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype), smoothing)
+        return optax.softmax_cross_entropy(logits, onehot)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+
+
 class Classify:
     name = "classify"
     predict_batch = 1024  # inputs per call of the serving program
@@ -40,12 +49,7 @@ class Classify:
         return x, y
 
     def loss(self, logits, targets, mask, smoothing: float):
-        if smoothing:
-            onehot = optax.smooth_labels(jax.nn.one_hot(targets, self.num_classes, dtype=logits.dtype), smoothing)
-            ce = optax.softmax_cross_entropy(logits, onehot)
-        else:
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        return jnp.sum(ce * mask), mask.sum()
+        return jnp.sum(cross_entropy(logits, targets, smoothing) * mask), mask.sum()
 
     def outputs(self, logits, x):
         return jax.nn.softmax(logits, axis=-1)
@@ -71,12 +75,7 @@ class LanguageModel:
 
     def loss(self, logits, targets, mask, smoothing: float):
         weight = (targets != PAD) * mask[:, None]
-        if smoothing:
-            onehot = optax.smooth_labels(jax.nn.one_hot(targets, self.num_classes, dtype=logits.dtype), smoothing)
-            ce = optax.softmax_cross_entropy(logits, onehot)
-        else:
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        return jnp.sum(ce * weight), weight.sum()
+        return jnp.sum(cross_entropy(logits, targets, smoothing) * weight), weight.sum()
 
     def outputs(self, logits, x):
         """{"token": log p(row[t+1] | row[..t]) [N, T], "next": log p(. | the row's last token) [N, V]}."""

@@ -302,3 +302,25 @@ def test_the_cli_forgets_a_group_and_refuses_ids_with_it(tmp_path, tiny_cfg):
     assert out.returncode == 0, out.stderr
     [entry] = api.ledger(str(root))["entries"]
     assert entry["ids"] == sorted(ds.ids[names == "user-2"].tolist()) and entry["state"] == "committed"
+
+
+def test_a_language_model_is_served_and_forgets_documents(tmp_path):
+    from tests.test_framework import corpus, text_cfg
+
+    cfg = text_cfg("transformer_lm", corpus(tmp_path / "docs.txt", labels=False))
+    root = tmp_path / "lm"
+    api.train(str(root), cfg, progress=False)
+    svc, client = server(root)
+    try:
+        body = {"inputs": ["the film", {"text": "the plot", "continuation": " good"}]}
+        before = client.post("/v1/predict", json=body, headers=AUTH).json()
+        assert before["tokens"] == [8, 5] and len(before["next"]) == 2
+        ids = ids_in(root, 0, 1, 2)
+        assert client.post("/v1/forget", json={"ids": ids}, headers=AUTH).status_code == 202
+        settle(svc)
+        after = client.post("/v1/predict", json=body, headers=AUTH).json()
+        assert after["served"]["0"]["stage"] == 1 and after["scores"] != before["scores"]
+        bad = client.post("/v1/predict", json={"inputs": [7]}, headers=AUTH)
+        assert bad.status_code == 422 and "not a text" in bad.json()["error"]
+    finally:
+        svc.close()

@@ -55,15 +55,17 @@ class Block(nnx.Module):
 
 
 class _Stack(nnx.Module):
-    """Token + learned position embeddings -> blocks -> final LayerNorm."""
+    """Token + learned position embeddings -> blocks -> final LayerNorm -> a linear head."""
 
-    def __init__(self, input_shape, *, vocab_size, hidden, heads, dropout, rngs: nnx.Rngs):
+    def __init__(self, input_shape, num_classes, *, vocab_size, hidden=(64, 64), heads=4, dropout=0.0,
+                 rngs: nnx.Rngs):
         d = model_width(hidden, heads)
         (context,) = input_shape
         self.embed = nnx.Embed(vocab_size, d, rngs=rngs)
         self.pos = nnx.Embed(context, d, rngs=rngs)
         self.blocks = nnx.List([Block(d, heads, rngs=rngs) for _ in hidden])
         self.norm = nnx.LayerNorm(d, rngs=rngs)
+        self.head = nnx.Linear(d, num_classes, rngs=rngs)
         self.rate = dropout
 
     def features(self, tokens, mask, key):
@@ -76,27 +78,17 @@ class _Stack(nnx.Module):
 class Transformer(_Stack):
     """Encoder text classifier: padding (id 0) is masked as a key and left out of the mean pool."""
 
-    def __init__(self, input_shape, num_classes, *, vocab_size, hidden=(64, 64), heads=4, dropout=0.0,
-                 rngs: nnx.Rngs):
-        super().__init__(input_shape, vocab_size=vocab_size, hidden=hidden, heads=heads, dropout=dropout, rngs=rngs)
-        self.out = nnx.Linear(hidden[0], num_classes, rngs=rngs)
-
     def __call__(self, x, *, key=None):
         tokens = x.astype(jnp.int32)
         real = tokens != 0
         h = self.features(tokens, real[:, None, :], key)
         pooled = jnp.sum(h * real[..., None], axis=1) / jnp.maximum(real.sum(1, keepdims=True), 1)
-        return self.out(pooled)
+        return self.head(pooled)
 
 
 class TransformerLM(_Stack):
     """Causal decoder: next-token logits at every position. Padding sits after the real tokens,
     so causality alone keeps it out of every real position's view."""
-
-    def __init__(self, input_shape, num_classes, *, vocab_size, hidden=(64, 64), heads=4, dropout=0.0,
-                 rngs: nnx.Rngs):
-        super().__init__(input_shape, vocab_size=vocab_size, hidden=hidden, heads=heads, dropout=dropout, rngs=rngs)
-        self.head = nnx.Linear(hidden[0], num_classes, rngs=rngs)
 
     def __call__(self, x, *, key=None):
         tokens = x.astype(jnp.int32)
