@@ -91,14 +91,27 @@ def render(command: str, r: dict) -> str:
             f"for a full retrain ({r['examples_epochs_retrained'] / max(r['examples_epochs_full_retrain'], 1):.1%}), "
             f"{r['seconds']:.2f} s",
         ])
+    if command == "predict" and "scores" in r:  # a language model
+        return "\n".join(f"{i}\tlog-likelihood {score:.3f} nats over {n} token(s)\tnext: "
+                         + " ".join(f"{nx['token']!r}:{nx['probability']:.3f}" for nx in nxt)
+                         for i, (score, n, nxt) in enumerate(zip(r["scores"], r["tokens"], r["next"])))
     if command == "predict":
-        return "\n".join(f"{i}\t{label}\t{max(p):.3f}" for i, (label, p) in enumerate(zip(r["labels"], r["probabilities"])))
+        names = r.get("label_names") or r["labels"]
+        return "\n".join(f"{i}\t{name}\t{max(p):.3f}" for i, (name, p) in enumerate(zip(names, r["probabilities"])))
     if command == "evaluate":
-        rows = [[f"shard {s}", acc] for s, acc in r["per_shard"].items()]
-        rows += [["aggregate (vote)", r["accuracy_vote"]], ["aggregate (softmax)", r["accuracy_softmax"]]]
-        out = _table(["model", "test accuracy"], rows)
+        stage = {int(s): v["stage"] for s, v in r.get("served", {}).items()}
+        last = max(stage.values(), default=0)
+        shard = lambda s: f"shard {s}" + (f" (stage {stage[int(s)]}, retraining)" if stage.get(int(s), last) < last else "")  # noqa: E731
+        if "perplexity" in r:
+            rows = [[shard(s), ppl] for s, ppl in r["per_shard"].items()]
+            rows += [["ensemble (mean of distributions)", r["perplexity"]]]
+            out = _table(["model", "test perplexity"], rows) + f"\nloss: {r['loss']:.4f} nats/token over {r['test_tokens']} tokens"
+        else:
+            rows = [[shard(s), acc] for s, acc in r["per_shard"].items()]
+            rows += [["aggregate (vote)", r["accuracy_vote"]], ["aggregate (softmax)", r["accuracy_softmax"]]]
+            out = _table(["model", "test accuracy"], rows)
         left = [s for v in r["left_out"].values() for s in v]
-        return out + (f"\nleft out of the aggregate: {r['left_out']}" if left else "")
+        return out + (f"\nnot served at their final stage: {r['left_out']}" if left else "")
     if command == "status":
         rows = [[s, n, " ".join(map(str, per))] for s, (n, per) in
                 enumerate(zip(r["examples_per_shard"], r["examples_per_shard_slice"]))]
@@ -141,4 +154,6 @@ def render(command: str, r: dict) -> str:
         return f"{r['report']} ({r['wall_seconds']:.0f} s); plots: {', '.join(r['plots'])}"
     if command == "demo":
         return r["text"]
+    if command == "serve":
+        return f"sisa serve stopped ({r['served']})"
     raise AssertionError(command)

@@ -350,6 +350,10 @@ def test_the_cli_trains_predicts_and_evaluates_text(tmp_path):
     code, out, err = sisa_cli("evaluate", "--workdir", run, "--json")
     ev = json.loads(out)
     assert code == 0 and ev["perplexity"] == pytest.approx(np.exp(ev["loss"])), err
+    code, out, err = sisa_cli("predict", "--workdir", run, "--input", str(tmp_path / "p.txt"))
+    assert code == 0 and out.count("log-likelihood") == 2 and "next:" in out, err
+    code, out, err = sisa_cli("evaluate", "--workdir", run)
+    assert code == 0 and "test perplexity" in out and "nats/token" in out, err
     (tmp_path / "bad.jsonl").write_text('{"txt": "no text field"}\n')
     code, out, err = sisa_cli("predict", "--workdir", run, "--input", str(tmp_path / "bad.jsonl"), "--json")
     assert code != 0 and json.loads(out)["kind"] == "bad_input" and "line 1" in err
@@ -361,3 +365,19 @@ def test_demo_text_proves_its_forget_bit_for_bit(tmp_path):
     r = json.loads(out)
     assert r["bit_identical"] is True and r["perplexity_after"] == r["perplexity_retrained"]
     assert 1 < r["perplexity_after"] < 64
+
+
+def test_adapters_on_an_orbax_checkpoint_base_of_an_mlp(tmp_path, tiny_cfg, tiny_ds):
+    """A base given as an orbax checkpoint of the model's parameters (here an MLP's): adapters
+    train on it and forget exactly."""
+    import orbax.checkpoint as ocp
+
+    base_run = tmp_path / "public"
+    api.train(str(base_run), tiny_cfg.replace(partition={"shards": 1, "slices": 1}), dataset=blobs(seed=3),
+              progress=False)
+    params = Workdir.open(base_run).checkpoints[0].restore(0)[0]["params"]
+    saver = ocp.StandardCheckpointer()
+    saver.save(tmp_path / "base-ckpt", params)
+    saver.wait_until_finished()
+    cfg = tiny_cfg.replace(model={"base": str(tmp_path / "base-ckpt")}, train={"adapter": "lora", "lora_rank": 2})
+    assert_exact(tmp_path, cfg, tiny_ds, draws=2)
