@@ -8,7 +8,7 @@
 
 from sisa.errors import SisaError
 
-_API = ("train", "forget", "predict", "evaluate", "status", "ledger", "verify", "audit", "compare", "demo")
+_API = ("train", "forget", "add", "predict", "evaluate", "status", "ledger", "verify", "audit", "compare", "demo")
 __all__ = ["Client", "Config", "SisaError", *_API]
 
 

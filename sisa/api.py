@@ -125,6 +125,17 @@ def forget(workdir, ids=None, *, group=None, request: str | None = None, reason:
 
 
 @collective
+def add(workdir, dataset, *, progress: bool = True, allow_environment_change: bool = False) -> dict:
+    """Add new examples (a Dataset, or a data set name or path, every row of it) with new ids: they
+    form the run's next slice and only the shards they join train (sisa.adding)."""
+    from sisa import adding
+
+    wd = _open(workdir)
+    with wd.lock():
+        return adding.add(wd, dataset, progress=progress, allow_environment_change=allow_environment_change)
+
+
+@collective
 def predict(workdir, x: np.ndarray, aggregation: str | None = None) -> dict:
     """Per-class probabilities and labels for inputs `x` ([N, ...], in the units of the training
     data). Reads only: shards with pending work are left out and named."""
@@ -156,13 +167,14 @@ def _status(wd: Workdir) -> dict:
     from sisa.fsutil import disk_usage
 
     cfg, store = wd.config, wd.store()
-    counts = store.counts(cfg.partition.shards, cfg.partition.slices)
+    counts = store.counts(cfg.partition.shards, wd.stages())
     entries = wd.ledger().entries()
     return {
         "workdir": str(wd.root),
         "dataset": wd.manifest["dataset"]["name"],
         "shards": cfg.partition.shards,
         "slices": cfg.partition.slices,
+        "stages": wd.stages(),  # the slices, then one per `sisa add`
         "examples": len(store),
         "examples_per_shard": counts.sum(axis=1).tolist(),
         "examples_per_shard_slice": counts.tolist(),

@@ -159,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="go on although library versions or backend differ from training, recorded in the "
                             "ledger (default: refuse)")
 
+    ad = cmd("add", "add new examples (new ids) as the run's next slice; only the shards they join train")
+    ad.add_argument("--dataset", required=True, help="registry name or path of the examples to add, every row of it "
+                                                     "(required)")
+    ad.add_argument("--allow-environment-change", action="store_true",
+                    help="go on although library versions or backend differ from training (default: refuse)")
+
     pr = cmd("predict", "per-class probabilities and labels for inputs")
     pr.add_argument("--input", required=True,
                     help=".npy file of inputs [N, ...]; for a text run a .txt file (one text per line) or .jsonl "
@@ -382,6 +388,9 @@ def run(args) -> dict:
             ids = None if args.group is not None else _ids(args)
             return api.forget(args.workdir, ids, group=args.group, request=args.request, reason=args.reason,
                               progress=progress, allow_environment_change=args.allow_environment_change)
+        case "add":
+            return api.add(args.workdir, args.dataset, progress=progress,
+                           allow_environment_change=args.allow_environment_change)
         case "serve":
             from sisa import service
 

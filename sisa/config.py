@@ -105,8 +105,9 @@ class Config:
             return e
         return max(1, math.ceil(2 * e / (r + 1)))
 
-    def keeps_checkpoint(self, stage: int) -> bool:
-        k, last = self.train.checkpoint_every, self.partition.slices - 1
+    def keeps_checkpoint(self, stage: int, stages: int | None = None) -> bool:
+        """Whether `stage` of a run of `stages` stages (default: its slices) keeps its checkpoint."""
+        k, last = self.train.checkpoint_every, (stages or self.partition.slices) - 1
         return stage == last or (stage + 1) % k == 0
 
     def to_dict(self) -> dict:

@@ -1,8 +1,9 @@
 """The deletion ledger: an append-only, hash-chained, fsync'ed log of forget requests.
 
 Each line is one record: a `request` (seq, ids, where they sat, reference, reason), a
-`state` change of an earlier request (requested -> purged -> retrained -> committed), or an
-`environment` change the user accepted (library versions, backend: see sisa.environment).
+`state` change of an earlier request (requested -> purged -> retrained -> committed), an
+`environment` change the user accepted (library versions, backend: see sisa.environment), or an
+`add` of new examples (their ids and arrival number: sisa.adding).
 Every record holds the previous record's hash and its own, so an edited or reordered line
 breaks the chain and is detected. A request is on disk before any work for it starts.
 
@@ -137,6 +138,15 @@ class Ledger:
                 entry["state"] = rec["state"]
                 entry["times"][rec["state"]] = rec["time"]
         return list(by_seq.values())
+
+    def additions(self) -> list[dict]:
+        """`sisa add` records, oldest first: {"arrival", "ids", "time", "hash"}. A record is written
+        before its examples enter the data store; one whose examples never did (a crash between)
+        added nothing, and its arrival number is not used again."""
+        return [{k: rec[k] for k in ("arrival", "ids", "time", "hash")} for rec in self.records() if rec["kind"] == "add"]
+
+    def add(self, ids: list[int], arrival: int) -> None:
+        self._append({"kind": "add", "arrival": arrival, "ids": sorted(ids)})
 
     def forgotten(self) -> dict[int, int]:
         """id -> seq of the request that forgot it."""

@@ -101,6 +101,7 @@ def plan(snap: Snapshot) -> Plan:
         if first_seen is not None:
             doomed |= {st.stage for st in stages if st.stage >= first_seen}
         doomed |= {st.stage for st in stages if st.intact is False}
+        doomed |= {st.stage for st in stages if st.stage > last}  # an added slice whose examples are all forgotten
         kept = [st.stage for st in stages if st.stage not in doomed]
         if doomed:
             drop[shard] = tuple(sorted(doomed, reverse=True))
@@ -131,7 +132,7 @@ def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, a
         for s in e["affected"]:
             touched.setdefault(int(s), set()).add(e["seq"])
     by_seq = {r.seq: r.ids for r in requests}
-    last = wd.config.partition.slices - 1
+    last = wd.stages() - 1
     checkpoints, leftovers = {}, any((wd.root / "data").glob(".*.tmp"))
     for ckpt in wd.checkpoints:
         stages = []
@@ -162,7 +163,7 @@ def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, a
                 new_env = now
         except SisaError as e:
             change = str(e)
-    snap = Snapshot(wd.config.partition.slices, requests, unpurged, checkpoints, leftovers, change)
+    snap = Snapshot(wd.stages(), requests, unpurged, checkpoints, leftovers, change)
     return snap, new_env
 
 

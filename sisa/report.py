@@ -154,6 +154,9 @@ def render(command: str, r: dict) -> str:
         return f"{r['report']} ({r['wall_seconds']:.0f} s); plots: {', '.join(r['plots'])}"
     if command == "demo":
         return r["text"]
+    if command == "add":
+        return (f"added {r['added']} example(s) as arrival {r['arrival']} (stage {r['stage']}, from 0): shards "
+                f"{r['shards']} trained {r['examples_epochs']} example-epochs in {r['seconds']:.2f} s")
     if command == "serve":
         return f"sisa serve stopped ({r['served']})"
     raise AssertionError(command)

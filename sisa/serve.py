@@ -106,7 +106,7 @@ def constituents(wd, cache: dict | None = None) -> Constituents:
 def _constituents(wd, cache: dict | None = None) -> Constituents:
     from sisa.training.ensemble import stack
 
-    slices = wd.config.partition.slices
+    slices = wd.stages()
     forgotten = set(wd.ledger().forgotten())  # before any checkpoint (see the module doc)
     served, params, pending, empty, lineages = [], [], [], [], {}
     for ckpt in wd.checkpoints:

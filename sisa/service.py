@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import hmac
 import json
 import logging
@@ -124,6 +125,8 @@ class Service:
         self._last_pass = -float("inf")  # when the worker's last pass ended (time.monotonic)
         self.ready = False  # models read and the serving program loaded: /readyz says so
         self._busy = False  # the worker is in a pass
+        self.additions: dict[int, dict] = {}  # POST /v1/add's, by number
+        self._adds_seen = len(self.wd.ledger().additions())  # numbers go on from the adds before
         self.worker_error: str | None = None
         self.worker = threading.Thread(target=self._work, name="sisa-retrain", daemon=True)
 
@@ -156,6 +159,7 @@ class Service:
             self._busy = True
             t0 = time.perf_counter()
             try:
+                self._add_staged()
                 done = reconcile.reconcile(self.wd, progress=False)
                 self.worker_error = None
                 if done["trained"]["shards_trained"] or done["committed"]:
@@ -182,8 +186,9 @@ class Service:
         self.ready = True
 
     def idle(self) -> bool:
-        """No request pending and the worker waiting (its last pass fully done)."""
-        return not self._busy and not self._wake.is_set() and not self.wd.ledger().pending()
+        """No request pending, nothing staged to add, and the worker waiting (its last pass fully done)."""
+        return (not self._busy and not self._wake.is_set() and not self.wd.ledger().pending()
+                and not self._staged())
 
     # reads
 
@@ -254,6 +259,95 @@ class Service:
                 self._cache = None
         self._wake.set()
         return entry
+
+    def add(self, payload: dict) -> dict:
+        """Check new examples, stage them on disk (fsync'ed) and answer; the worker adds them (one
+        arrival each) before its next pass. Staged additions survive a crash: the next server adds them."""
+        from sisa import adding
+        from sisa.fsutil import atomic_save_npz
+
+        with self.acknowledging:
+            ds = self._examples(payload)
+            adding.check(self.wd, self.wd.store(), ds)
+            staged = sorted(self._staged())
+            n = max([int(p.stem.split("-")[1]) for p in staged], default=self._adds_seen) + 1
+            self._adds_seen = n
+            arrays = {"x": ds.x, "y": ds.y, "id": ds.ids} | ({} if ds.groups is None else {"group": ds.groups})
+            atomic_save_npz(self.wd.root / "data" / f".add-{n:06d}.npz", **arrays)
+            self.additions[n] = {"request_id": n, "state": "staged", "examples": len(ds.ids)}
+        self._wake.set()
+        return self.additions[n]
+
+    def _staged(self) -> list[Path]:
+        return list((self.wd.root / "data").glob(".add-*.npz"))
+
+    def _examples(self, payload: dict):
+        """A Dataset of the examples in `payload`: {"ids", "x", "y"[, "group"]}, or for a text run
+        {"ids", "text"[, "label"]} (tokenized as the run's data)."""
+        from sisa.data.datasets import Dataset
+
+        unknown = set(payload) - {"ids", "x", "y", "group", "text", "label"}
+        if unknown:
+            raise SisaError(f"unknown field(s) {sorted(unknown)}", kind="bad_input")
+        ids = payload.get("ids")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise SisaError('"ids" must be a non-empty list of integers', kind="bad_input")
+        m = self.wd.manifest["dataset"]
+        try:
+            if m.get("vocab_size"):
+                from sisa.data import text as text_lib
+
+                texts = payload.get("text")
+                if not isinstance(texts, list) or len(texts) != len(ids) or not all(isinstance(t, str) for t in texts):
+                    raise SisaError('"text" must be a list of strings, one per id', kind="bad_input")
+                text_lib.check_documents(texts, ids, "the examples to add")
+                tok = text_lib.tokenizer(self.wd.config.data.tokenizer)
+                text_lib.check_tokenizer(m["tokenizer"], tok)
+                x, _ = text_lib.encode_rows(texts, tok, m["input_shape"][0])
+                labels = payload.get("label")
+                names = m.get("label_names")
+                if m.get("task") == "lm":
+                    y = np.zeros(len(ids), np.int32)
+                elif names:
+                    if not isinstance(labels, list) or any(v not in names for v in labels):
+                        raise SisaError(f'"label" must be a list of this run\'s labels {names}', kind="bad_input")
+                    y = np.asarray([names.index(v) for v in labels], np.int32)
+                else:
+                    y = np.asarray(labels, np.int32)
+            else:
+                x = np.asarray(payload.get("x"), dtype=self.wd.store().x.dtype)
+                y = np.asarray(payload.get("y"), dtype=np.int32)
+            group = payload.get("group")
+            ds = Dataset("added", x, y, np.asarray(ids, np.int64), x[:0], y[:0], m["num_classes"],
+                         groups=None if group is None else np.asarray(group, np.int64), scale=m["scale"])
+        except SisaError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise SisaError(f"examples to add do not fit the run's data: {e}", kind="bad_input") from None
+        return dataclasses.replace(ds, vocab_size=m.get("vocab_size"), task=m.get("task", "classify"),
+                                   tokenizer=m.get("tokenizer"))
+
+    def _add_staged(self) -> None:
+        """Add every staged batch, oldest first (the worker's, before its pass)."""
+        from sisa import adding
+        from sisa.data.datasets import Dataset
+        from sisa.data.store import read_arrays
+
+        m = self.wd.manifest["dataset"]
+        for path in sorted(self._staged()):
+            n = int(path.stem.split("-")[1])
+            a = read_arrays(path, ["x", "y", "id", "group"], "staged examples", optional=("group",))
+            ds = dataclasses.replace(
+                Dataset("added", a["x"], a["y"], a["id"], a["x"][:0], a["y"][:0], m["num_classes"],
+                        groups=a.get("group"), scale=m["scale"]),
+                vocab_size=m.get("vocab_size"), task=m.get("task", "classify"), tokenizer=m.get("tokenizer"))
+            entry = self.additions.setdefault(n, {"request_id": n, "examples": len(ds.ids)})
+            try:
+                out = adding.add(self.wd, ds, progress=False)
+                entry.update(state="added", arrival=out["arrival"], stage=out["stage"])
+            except SisaError as e:  # e.g. an id forgotten or added meanwhile: refused, said in its state
+                entry.update(state="refused", error=str(e))
+            path.unlink()
 
     def request(self, seq: int) -> dict:
         entry = next((e for e in self.wd.ledger().entries() if e["seq"] == seq), None)
@@ -371,6 +465,17 @@ def app(service: Service, *, token: str | None = None, open_predict: bool = Fals
         return as_json({"request_id": entry["seq"], "state": entry["state"],
                         "affected_shards": sorted(int(s) for s in entry["affected"]), "ids": len(entry["ids"])}, 202)
 
+    async def add(request):
+        data = await body(request)
+        return as_json(await run_in_threadpool(service.add, data), 202)
+
+    async def add_state(request):
+        try:
+            entry = service.additions[int(request.path_params["n"])]
+        except (ValueError, KeyError):
+            raise _HTTPError(404, "no such addition", "not_found") from None
+        return as_json(entry)
+
     async def request_state(request):
         try:
             seq = int(request.path_params["seq"])
@@ -410,6 +515,8 @@ def app(service: Service, *, token: str | None = None, open_predict: bool = Fals
         Route("/v1/predict", endpoint("predict", predict), methods=["POST"]),
         Route("/v1/forget", endpoint("forget", forget), methods=["POST"]),
         Route("/v1/requests/{seq}", endpoint("requests", request_state), methods=["GET"]),
+        Route("/v1/add", endpoint("add", add), methods=["POST"]),
+        Route("/v1/adds/{n}", endpoint("adds", add_state), methods=["GET"]),
         Route("/v1/status", endpoint("status", status), methods=["GET"]),
         Route("/v1/ledger", endpoint("ledger", ledger), methods=["GET"]),
         Route("/v1/certificate", endpoint("certificate", certificate), methods=["GET"]),
@@ -495,14 +602,14 @@ async function refresh() {
     table.replaceChildren();
     const head = table.insertRow();
     head.insertCell().textContent = "shard";
-    for (let r = 0; r < s.slices; r++) head.insertCell().textContent = "stage " + r;
+    for (let r = 0; r < s.stages; r++) head.insertCell().textContent = "stage " + r;
     for (let k = 0; k < s.shards; k++) {
       const row = table.insertRow();
       row.id = "shard-" + k;
       row.insertCell().textContent = k;
       const onDisk = new Set(s.stages_on_disk[k]);
       const served = s.serving.served[k];
-      for (let r = 0; r < s.slices; r++) {
+      for (let r = 0; r < s.stages; r++) {
         const cell = row.insertCell();
         const state = served && served.stage === r ? "served" : onDisk.has(r) ? "clean" : "missing";
         cell.className = state;

@@ -16,7 +16,7 @@ def final_digests(wd) -> dict[int, str | None]:
 
     None for a pending shard (no final checkpoint), "corrupted" for one that fails its digest.
     """
-    last = wd.config.partition.slices - 1
+    last = wd.stages() - 1
 
     def digest(ckpt):
         if ckpt.latest() != last:
@@ -117,7 +117,12 @@ def _retrain(wd, shards, progress: bool) -> dict:
     from sisa.workdir import Workdir
 
     scratch = Workdir(wd.scratch_root / f"verify-{socket.gethostname()}-{os.getpid()}")
-    scratch.__dict__.update(manifest=wd.manifest, config=wd.config, _store=wd.store())
+    from sisa.deletion_ledger import Ledger
+
+    # From scratch: the live store (every forgotten id purged: verify refuses while a request is
+    # pending) and no ledger of its own.
+    scratch.__dict__.update(manifest=wd.manifest, config=wd.config, _store=wd.store(),
+                            _ledger=Ledger(scratch.root / "ledger.jsonl"))
     shutil.rmtree(scratch.root, ignore_errors=True)
     try:
         with aot.fresh_programs():  # a certificate never trusts the program cache: it compiles afresh

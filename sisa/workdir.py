@@ -208,6 +208,16 @@ class Workdir:
             self._store = Store.load(self.store_path)
         return self._store
 
+    def stages(self) -> int:
+        """The run's stages: one per slice, then one per `sisa add` up to the last one with an example
+        not forgotten (what training from scratch without the forgotten examples has)."""
+        store, slices = self.store(), self.config.partition.slices
+        if not store.arrivals:
+            return slices
+        forgotten = self.ledger().forgotten()
+        live = store.arrival[~np.isin(store.ids, np.fromiter(forgotten, np.int64, len(forgotten)))]
+        return slices + int(live.max(initial=0))
+
     def save_store(self, store: Store) -> None:
         store.save(self.store_path)
         self._store = store

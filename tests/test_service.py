@@ -324,3 +324,38 @@ def test_a_language_model_is_served_and_forgets_documents(tmp_path):
         assert bad.status_code == 422 and "not a text" in bad.json()["error"]
     finally:
         svc.close()
+
+
+def test_added_examples_are_staged_durably_then_trained_exactly(run, tmp_path, tiny_cfg, tiny_ds):
+    """POST /v1/add answers once the examples are on disk; a kill -9 before they are added loses
+    nothing (the next server adds them); the result equals adding them with `sisa add`."""
+    from tests.conftest import blobs
+
+    extra = blobs(n_train=340)
+    new = {"ids": (extra.ids[300:320] + 10_000).tolist(), "x": extra.x[300:320].tolist(),
+           "y": extra.y[300:320].tolist()}
+    svc, client = server(run, batch_window=3600)  # staged, not yet added
+    try:
+        svc._last_pass = time.monotonic()  # hold the worker for the window
+        r = client.post("/v1/add", json=new, headers=AUTH)
+        assert r.status_code == 202 and r.json()["state"] == "staged", r.text
+        bad = client.post("/v1/add", json={**new, "ids": new["ids"][:1] * 20}, headers=AUTH)
+        assert bad.status_code == 422
+        assert client.post("/v1/add", json={**new, "x": [[0.0] * 3] * 20}, headers=AUTH).status_code == 422
+    finally:
+        svc.close()  # as a crash would leave it: staged, not added
+    assert len(list((run / "data").glob(".add-*.npz"))) == 1
+    svc, client = server(run)
+    try:
+        settle(svc)
+        assert client.get(f"/v1/adds/{r.json()['request_id']}", headers=AUTH).json()["state"] == "added"
+    finally:
+        svc.close()
+    import dataclasses
+
+    expected = tmp_path / "expected"
+    api.train(str(expected), tiny_cfg, dataset=tiny_ds, progress=False)
+    added = dataclasses.replace(tiny_ds, x=np.asarray(new["x"], np.float32), y=np.asarray(new["y"], np.int32),
+                                ids=np.asarray(new["ids"], np.int64))
+    api.add(str(expected), added, progress=False)
+    assert compare(Workdir.open(run), Workdir.open(expected))["identical"]

@@ -35,6 +35,7 @@ gets scale 1/255, any other dtype scale 1.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import os
@@ -70,6 +71,7 @@ class Dataset:
     task: str = "classify"  # classify | lm (sisa.tasks)
     tokenizer: dict | None = None  # the tokenizer's description (fixed, public input)
     label_names: tuple[str, ...] | None = None  # class k's name, for string labels
+    arrival: np.ndarray | None = None  # [N] which `sisa add` brought each example (None: all trained first)
 
     def text_facts(self) -> dict:
         """What a run's manifest records of a text data set (nothing for numeric features)."""
@@ -85,7 +87,9 @@ class Dataset:
         """The same data set minus the training examples with these ids (for retrain-from-scratch)."""
         keep = ~np.isin(self.ids, np.asarray(ids, np.int64))
         groups = None if self.groups is None else self.groups[keep]
-        return dataclasses.replace(self, x=self.x[keep], y=self.y[keep], ids=self.ids[keep], groups=groups)
+        arrival = None if self.arrival is None else self.arrival[keep]
+        return dataclasses.replace(self, x=self.x[keep], y=self.y[keep], ids=self.ids[keep], groups=groups,
+                                   arrival=arrival)
 
     def fingerprint(self) -> str:
         """Digest of the train and test contents (ids, features, labels)."""
@@ -163,12 +167,24 @@ FILE_KINDS = ("an HF `datasets` directory (save_to_disk), .csv, .parquet or .npz
               "with a `text` column")
 
 
-def load(source: str, *, num_classes: int | None = None, data=None) -> Dataset:
+def load(source: str, *, num_classes: int | None = None, data=None, hold_out: bool = True) -> Dataset:
     """Load a registered data set by name, or a data set file/directory by path.
 
     num_classes defaults to max label + 1 over train and test. `data`: the config's DataConfig,
     whose text settings (task, context, tokenizer, labels) apply to text data (sisa.data.text).
+    `hold_out=False`: a file without a test split is all training data (`sisa add`).
     """
+    token = _HOLD_OUT.set(hold_out)
+    try:
+        return _load(source, num_classes, data)
+    finally:
+        _HOLD_OUT.reset(token)
+
+
+_HOLD_OUT = contextvars.ContextVar("hold_out", default=True)  # `load`'s, for `_assemble`
+
+
+def _load(source: str, num_classes: int | None, data) -> Dataset:
     from sisa.config import DataConfig
     from sisa.data import text
 
@@ -190,7 +206,8 @@ def load(source: str, *, num_classes: int | None = None, data=None) -> Dataset:
             f"and no such file or directory; pass a name or a path to {FILE_KINDS}"
         )
     ds = ds if num_classes is None else dataclasses.replace(ds, num_classes=num_classes)
-    check_classes(ds)
+    if _HOLD_OUT.get():  # data to add to a run brings whichever classes it has
+        check_classes(ds)
     return ds
 
 
@@ -240,7 +257,7 @@ def _assemble(name, x, y, *, ids=None, groups=None, x_test=None, y_test=None, sc
         groups = np.asarray(groups)
         groups = groups.astype(np.int64) if groups.dtype.kind in "iu" else _group_numbers(groups)
     if x_test is None:
-        test = np.arange(len(x)) % 5 == 4
+        test = (np.arange(len(x)) % 5 == 4) & _HOLD_OUT.get()
         x, x_test, y, y_test, ids = x[~test], x[test], y[~test], y[test], ids[~test]
         groups = None if groups is None else groups[~test]
     x_test, y_test = np.asarray(x_test), _labels(y_test, name)

@@ -36,19 +36,26 @@ _SHARD, _SLICE, _BLOCK = 0, 1, 2  # hash streams
 _CHUNK = 1 << 22  # block-permutation work per chunk (entries of an [n, S] matrix)
 
 
-def assign(ids, labels, groups, *, shards: int, slices: int, strategy: str, seed: int):
-    """Returns (shard, slice) int32 arrays aligned with `ids`."""
+def assign(ids, labels, groups, *, shards: int, slices: int, strategy: str, seed: int, arrival=None):
+    """Returns (shard, slice) int32 arrays aligned with `ids`. `arrival` (default all 0): which
+    `sisa add` brought each example; arrival a > 0 puts it in slice `slices + a - 1`, after every
+    slice of the data trained before it (its shard by the same rule as any example)."""
     ids = np.asarray(ids)
     if strategy == "uniform":
-        return uniform(ids, shards=shards, slices=slices, seed=seed)
-    if strategy == "stratified":
-        return stratified(ids, shards=shards, slices=slices, seed=seed)
-    if strategy == "grouped":
+        shard, slc = uniform(ids, shards=shards, slices=slices, seed=seed)
+    elif strategy == "stratified":
+        shard, slc = stratified(ids, shards=shards, slices=slices, seed=seed)
+    elif strategy == "grouped":
         if groups is None:
             raise SisaError("partition strategy 'grouped' needs a group column (`group` or `user`) in the data")
         shard = (keyed_hash(np.asarray(groups), seed, _SHARD) % np.uint32(shards)).astype(np.int32)
-        return shard, _slice_of(ids, slices, seed)
-    raise SisaError(f"unknown partition strategy {strategy!r}")
+        slc = _slice_of(ids, slices, seed)
+    else:
+        raise SisaError(f"unknown partition strategy {strategy!r}")
+    if arrival is not None:
+        arrival = np.asarray(arrival)
+        slc = np.where(arrival > 0, slices + arrival - 1, slc).astype(np.int32)
+    return shard, slc
 
 
 def uniform(ids, *, shards: int, slices: int, seed: int):

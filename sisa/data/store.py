@@ -25,13 +25,15 @@ class Store:
     shard: np.ndarray  # [N] int32
     slice: np.ndarray  # [N] int32
     group: np.ndarray  # [N] int64 group/user value (0 without a group column): `verify` re-partitions
+    arrival: np.ndarray  # [N] int32: 0 for the data trained first, a for the a-th `sisa add`
 
     @classmethod
     def create(cls, ds: Dataset, *, shards: int, slices: int, strategy: str, seed: int) -> Store:
         if shards > len(ds.ids):
             raise SisaError(f"{shards} shards but only {len(ds.ids)} training examples: use at most {len(ds.ids)} shards")
+        arrival = np.zeros(len(ds.ids), np.int32) if ds.arrival is None else np.asarray(ds.arrival, np.int32)
         shard, slc = partition.assign(
-            ds.ids, ds.y, ds.groups, shards=shards, slices=slices, strategy=strategy, seed=seed
+            ds.ids, ds.y, ds.groups, shards=shards, slices=slices, strategy=strategy, seed=seed, arrival=arrival
         )
         order = np.argsort(ds.ids, kind="stable")
         return cls(
@@ -41,13 +43,23 @@ class Store:
             shard=shard[order],
             slice=slc[order],
             group=(np.zeros(len(ds.ids), np.int64) if ds.groups is None else ds.groups.astype(np.int64))[order],
+            arrival=arrival[order],
         )
+
+    @property
+    def arrivals(self) -> int:
+        """How many `sisa add`s brought examples that are still here (their slices follow the rest)."""
+        return int(self.arrival.max(initial=0))
+
+    def stages(self, slices: int) -> int:
+        """Stages of a run of `slices` slices on this store: one per slice and per arrival."""
+        return slices + self.arrivals
 
     def check_partition(self, *, shards: int, slices: int, strategy: str, seed: int) -> list[int]:
         """Ids whose stored (shard, slice) differs from partitioning the store's examples afresh
         (empty for a deletion-stable partition: training on the store from scratch agrees)."""
         shard, slc = partition.assign(self.ids, self.y, self.group, shards=shards, slices=slices, strategy=strategy,
-                                      seed=seed)
+                                      seed=seed, arrival=self.arrival)
         return self.ids[(shard != self.shard) | (slc != self.slice)].tolist()
 
     def __len__(self) -> int:
@@ -100,25 +112,30 @@ class Store:
                             "from its data store)")
 
     def save(self, path: str | Path) -> None:
-        atomic_save_npz(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if not self.arrivals:
+            del arrays["arrival"]  # a run nothing was added to keeps the file as before
+        atomic_save_npz(path, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> Store:
-        a = read_arrays(path, [fd.name for fd in dataclasses.fields(cls)], "data store")
+        a = read_arrays(path, [fd.name for fd in dataclasses.fields(cls)], "data store", optional=("arrival",))
         n, ids = len(a["ids"]), a["ids"]
-        wrong = [k for k in ("ids", "y", "shard", "slice", "group") if a[k].shape != (n,) or a[k].dtype.kind not in "iu"]
+        a.setdefault("arrival", np.zeros(n, np.int32))
+        wrong = [k for k in ("ids", "y", "shard", "slice", "group", "arrival")
+                 if a[k].shape != (n,) or a[k].dtype.kind not in "iu"]
         if wrong or a["x"].shape[:1] != (n,) or not (ids[1:] > ids[:-1]).all():
             raise SisaError(f"data store {path} is malformed ({', '.join(wrong) or 'x or the id order'} damaged); "
                             "restore the workdir from a backup")
         return cls(**a)
 
 
-def read_arrays(path: str | Path, names: list[str], what: str) -> dict[str, np.ndarray]:
-    """The named arrays of the .npz at `path`; a SisaError naming `what` if it is missing,
-    unreadable or lacks one."""
+def read_arrays(path: str | Path, names: list[str], what: str, optional=()) -> dict[str, np.ndarray]:
+    """The named arrays of the .npz at `path` (those in `optional` only if there); a SisaError
+    naming `what` if it is missing, unreadable or lacks one."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in names}
+            return {k: f[k] for k in names if k not in optional or k in f.files}
     except FileNotFoundError:
         raise SisaError(f"{what} missing: {path}") from None
     except OSError as e:

@@ -63,7 +63,7 @@ def _read(path: str, target):
         if wd.config.partition.shards != 1:
             raise SisaError(f"base model {path} is a sisa run of {wd.config.partition.shards} shards; a base is one "
                             "model: train it with --shards 1", kind="bad_input")
-        last = wd.config.partition.slices - 1
+        last = wd.stages() - 1
         if wd.checkpoints[0].latest() != last:
             raise SisaError(f"base model {path} has not finished training; run `sisa train --workdir {path}`",
                             kind="bad_input")

@@ -137,7 +137,7 @@ def restore_latest_good(ckpt):
 def complete(wd, *, only=None, progress: bool = True, spread: bool = True) -> dict:
     """Train every shard (of `only`, default all) whose latest checkpoint is before the last
     stage. In a cluster (`spread`), each process trains its own shards; see sisa.cluster."""
-    last = wd.config.partition.slices - 1
+    last = wd.stages() - 1
     todo = [c.shard for c in wd.checkpoints if c.latest() < last and (only is None or c.shard in only)]
     if not spread or cluster.count() == 1:
         return train_shards(wd, todo, progress=progress)
@@ -155,7 +155,7 @@ def complete(wd, *, only=None, progress: bool = True, spread: bool = True) -> di
 def _train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     cfg = wd.config
-    shards, slices = cfg.partition.shards, cfg.partition.slices
+    shards, slices = cfg.partition.shards, wd.stages()  # every stage: one per slice and per arrival
     ckpts = wd.checkpoints
     for s in todo:
         # An interrupted save's leftovers: never restored, never kept. Only this process's
@@ -186,7 +186,9 @@ def _train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
     states = ens.place(stack(states))
     data = ens.place(lane_data(store, lanes, store.capacity(shards, cfg.train.batch_size)))
     shard_ids = ens.place(np.asarray(lanes, np.int32))
-    counts = store.counts(shards, slices).cumsum(axis=1)  # examples in slices 0..r per shard
+    per_slice = store.counts(shards, slices)
+    counts = per_slice.cumsum(axis=1)  # examples in slices 0..r per shard
+    added = np.arange(slices) >= cfg.partition.slices  # the stages of `sisa add`'s slices
 
     # One background thread saves each stage (every shard trained in it, one orbax save) while
     # the next stage trains; at most BACKLOG stages wait, so host copies do not pile up.
@@ -199,8 +201,11 @@ def _train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
 
     try:
         for stage in range(int(start[real].min()), slices):
-            active = real & (start <= stage)
-            epochs = cfg.epochs_for_stage(stage)
+            due = real & (start <= stage)  # the lanes whose stage this is
+            # An added slice that holds nothing of a shard trains nothing there: that shard's
+            # checkpoint of the stage is its state of the stage before (the same from scratch).
+            active = due & ~(added[stage] & (per_slice[lanes, stage] == 0))
+            epochs = cfg.epochs_for_stage(stage) if active.any() else 0
             n = int(sum(counts[lanes[i], stage] for i in np.flatnonzero(active)))
             report["examples_epochs"] += n * epochs
             bar = tqdm(
@@ -214,7 +219,7 @@ def _train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
                 crash_point("after-epoch")
                 bar.set_postfix(loss=f"{loss[active].mean():.3f}")
             bar.close()
-            if not cfg.keeps_checkpoint(stage):
+            if not cfg.keeps_checkpoint(stage, slices):
                 continue
             host = unstack(states, width)  # copies: the device buffers go to the next epoch
             while len(saves) >= BACKLOG and not saves[-BACKLOG].done():
@@ -222,7 +227,7 @@ def _train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
             for done in saves:
                 if done.done():
                     done.result()  # a failed save stops the training now, not at its end
-            saves.append(saver.submit(save, stage, [(lanes[lane], host[lane]) for lane in np.flatnonzero(active)]))
+            saves.append(saver.submit(save, stage, [(lanes[lane], host[lane]) for lane in np.flatnonzero(due)]))
     except BaseException:
         # Let the saves already submitted finish before the error leaves: once it reaches the
         # caller (and the workdir lock is released) nothing of this call writes any more.

@@ -105,7 +105,7 @@ def forget(wd, ids, *, request: str | None = None, reason: str | None = None, pr
 def full_cost(wd, store) -> int:
     """examples x epochs of training every shard from scratch on the current store."""
     cfg = wd.config
-    per_stage = store.counts(cfg.partition.shards, cfg.partition.slices).sum(axis=0).cumsum()
+    per_stage = store.counts(cfg.partition.shards, store.stages(cfg.partition.slices)).sum(axis=0).cumsum()
     return int(sum(cfg.epochs_for_stage(r) * n for r, n in enumerate(per_stage)))
 
 
