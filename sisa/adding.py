@@ -52,7 +52,7 @@ def check(wd, store: Store, ds) -> None:
     if len(ds.y) and int(ds.y.max()) >= m["num_classes"]:
         raise SisaError(f"the examples to add have labels up to {int(ds.y.max())}; this run has "
                         f"{m['num_classes']} classes (0..{m['num_classes'] - 1})", kind="bad_input")
-    if (ds.groups is None) != (not store.group.any()) and wd.config.partition.strategy == "grouped":
+    if ds.groups is None and wd.config.partition.strategy == "grouped":
         raise SisaError("this run is partitioned by group: the examples to add need a group column", kind="bad_input")
     there = store.contains(ds.ids)
     if there.any():
