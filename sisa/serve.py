@@ -124,7 +124,8 @@ def _constituents(wd, cache: dict | None = None) -> Constituents:
         params.append(state["params"])
         lineages[ckpt.shard] = {"stage": stage, "ids_digest": lineage["ids_digest"]}
     if not served:
-        raise SisaError(f"no shard of {wd.root} has a checkpoint to serve (pending: {pending}, empty: {empty})")
+        raise SisaError(f"no shard of {wd.root} has a checkpoint to serve (pending: {pending}, empty: {empty}); "
+                        "try again once their retraining is done", kind="unavailable")
     return Constituents(served, stack(params), pending, empty, lineages)
 
 

@@ -39,7 +39,7 @@ from sisa.errors import SisaError
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-STATUS_FOR_KIND = {"bad_input": 422, "usage": 422, "not_found": 404, "busy": 409, "corrupted": 500,
+STATUS_FOR_KIND = {"bad_input": 422, "usage": 422, "not_found": 404, "busy": 409, "unavailable": 503, "corrupted": 500,
                    "environment": 500, "os_error": 500, "internal": 500}
 log = logging.getLogger("sisa.service")
 

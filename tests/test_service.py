@@ -359,3 +359,16 @@ def test_added_examples_are_staged_durably_then_trained_exactly(run, tmp_path, t
                                 ids=np.asarray(new["ids"], np.int64))
     api.add(str(expected), added, progress=False)
     assert compare(Workdir.open(run), Workdir.open(expected))["identical"]
+
+
+def test_nothing_to_serve_until_retrained_is_503(run):
+    """Ids in slice 0 of every shard, retraining held back: no stage is safe to serve."""
+    svc, client = server(run, batch_window=3600)
+    try:
+        svc._last_pass = time.monotonic()
+        ids = [i for s in range(3) for i in ids_in(run, s, 0)]
+        assert client.post("/v1/forget", json={"ids": ids}, headers=AUTH).status_code == 202
+        r = client.post("/v1/predict", json={"inputs": [[0.0] * 8]}, headers=AUTH)
+        assert r.status_code == 503 and r.json()["kind"] == "unavailable", r.text
+    finally:
+        svc.close()
