@@ -63,9 +63,9 @@ def check(wd, store: Store, ds) -> None:
         raise SisaError(f"id(s) {sorted(gone)[:10]} were forgotten: an id is never used again", kind="bad_input")
 
 
-def add(wd, source, *, progress: bool = True, allow_environment_change: bool = False) -> dict:
+def add(wd, source, *, progress: bool = True, allow_environment_change: bool = False, gate=None) -> dict:
     """Add examples (a Dataset, or a name or path) as the run's next arrival and train the new
-    stage. Under the caller's writer lock."""
+    stage. Under the caller's writer lock. `gate`: see sisa.training.loop.train_shards."""
     t0 = time.perf_counter()
     snap, new_env = reconcile.snapshot(wd, allow_environment_change=allow_environment_change)
     earlier = reconcile.plan(snap)
@@ -74,7 +74,7 @@ def add(wd, source, *, progress: bool = True, allow_environment_change: bool = F
     ds = load(wd, source)
     store = wd.store()
     check(wd, store, ds)
-    reconcile.apply(wd, earlier, new_environment=new_env, progress=progress)  # finish earlier work first
+    reconcile.apply(wd, earlier, new_environment=new_env, progress=progress, gate=gate)  # finish earlier work first
     store = wd.store()
     ledger = wd.ledger()
     arrival = max([store.arrivals, *(a["arrival"] for a in ledger.additions())]) + 1
@@ -91,7 +91,7 @@ def add(wd, source, *, progress: bool = True, allow_environment_change: bool = F
     ledger.add(ds.ids.tolist(), arrival)  # before the examples enter: a crash leaves an add that added nothing
     crash_point("after-add-record")
     wd.save_store(Store(**{f.name: getattr(merged, f.name)[order] for f in dataclasses.fields(Store)}))
-    done = reconcile.reconcile(wd, allow_environment_change=allow_environment_change, progress=progress)
+    done = reconcile.reconcile(wd, allow_environment_change=allow_environment_change, progress=progress, gate=gate)
     trained = done["trained"]
     return {"added": len(ds.ids), "arrival": arrival, "stage": wd.stages() - 1,
             "shards": sorted(set(shard.tolist())), "examples_epochs": trained["examples_epochs"],

@@ -168,13 +168,14 @@ def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, a
 
 
 def reconcile(wd, *, check_final_files: bool = False, allow_environment_change: bool = False,
-              progress: bool = True) -> dict:
-    """Snapshot, plan and apply, under the caller's writer lock. Returns what was done."""
+              progress: bool = True, gate=None) -> dict:
+    """Snapshot, plan and apply, under the caller's writer lock. Returns what was done. `gate`:
+    see sisa.training.loop.train_shards."""
     snap, new_env = snapshot(wd, check_final_files=check_final_files, allow_environment_change=allow_environment_change)
-    return apply(wd, plan(snap), new_environment=new_env, progress=progress)
+    return apply(wd, plan(snap), new_environment=new_env, progress=progress, gate=gate)
 
 
-def apply(wd, p: Plan, *, new_environment: dict | None = None, progress: bool = True) -> dict:
+def apply(wd, p: Plan, *, new_environment: dict | None = None, progress: bool = True, gate=None) -> dict:
     """Carry out a plan step by step. Every step is safe to repeat after a crash: the next
     snapshot sees what was done and plans the rest."""
     from sisa.faults import crash_point
@@ -208,7 +209,7 @@ def apply(wd, p: Plan, *, new_environment: dict | None = None, progress: bool = 
             wd.checkpoints[s].delete(stage)
             crash_point("after-delete-stage")
     if p.train:
-        done["trained"] = complete(wd, only=set(p.train), progress=progress)
+        done["trained"] = complete(wd, only=set(p.train), progress=progress, gate=gate)
     for seq in p.finish:
         ledger.advance(entries[seq], "retrained")
     if p.finish:

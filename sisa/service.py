@@ -160,7 +160,7 @@ class Service:
             t0 = time.perf_counter()
             try:
                 self._add_staged()
-                done = reconcile.reconcile(self.wd, progress=False)
+                done = reconcile.reconcile(self.wd, progress=False, gate=self._turn)
                 self.worker_error = None
                 if done["trained"]["shards_trained"] or done["committed"]:
                     with self.metrics._lock:
@@ -172,6 +172,11 @@ class Service:
             finally:
                 self._last_pass = time.monotonic()
                 self._busy = False
+
+    def _turn(self):
+        """Held around each training epoch: predictions queued on the same lock go first, so a
+        retraining delays a prediction by at most one epoch, and slows down while they come."""
+        return self.serving
 
     def _warm_up(self) -> None:
         """Read the models and load the serving program before the first prediction needs them."""
@@ -343,7 +348,7 @@ class Service:
                 vocab_size=m.get("vocab_size"), task=m.get("task", "classify"), tokenizer=m.get("tokenizer"))
             entry = self.additions.setdefault(n, {"request_id": n, "examples": len(ds.ids)})
             try:
-                out = adding.add(self.wd, ds, progress=False)
+                out = adding.add(self.wd, ds, progress=False, gate=self._turn)
                 entry.update(state="added", arrival=out["arrival"], stage=out["stage"])
             except SisaError as e:  # e.g. an id forgotten or added meanwhile: refused, said in its state
                 entry.update(state="refused", error=str(e))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import sys
 import threading
@@ -99,11 +100,13 @@ class _CompilingAhead:
                           "commands compile what they need", aot.ProgramCacheWarning, stacklevel=3)
 
 
-def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
+def train_shards(wd, todo: list[int], *, progress: bool = True, gate=None) -> dict:
     """Bring shards `todo` to the last stage in this process, all in one program. When this is
     a train, not a deletion (no request pending in the ledger), a background thread meanwhile
     compiles ahead what later commands can need (`compile_ahead`, with `aot.precompiling()`): it
-    runs nothing, and is joined before this returns. A deletion compiles only what it runs."""
+    runs nothing, and is joined before this returns. A deletion compiles only what it runs.
+    `gate`: a function giving a context manager held around each epoch (sisa.service: so that
+    predictions waiting for the device go first); None: none."""
     ahead = None
     if todo and aot.precompiling() and not wd.ledger().pending():
         shards, store = wd.config.partition.shards, wd.store()
@@ -112,7 +115,7 @@ def train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
         ahead = _CompilingAhead(ens, store, shards, batch_size,
                                 skip=(ens.width(len(todo), shards), store.capacity(shards, batch_size)))
     try:
-        report = _train_shards(wd, todo, progress=progress)
+        report = _train_shards(wd, todo, progress=progress, gate=gate)
     except BaseException:
         if ahead is not None:
             ahead.finish(failed=True)
@@ -134,13 +137,13 @@ def restore_latest_good(ckpt):
     return None
 
 
-def complete(wd, *, only=None, progress: bool = True, spread: bool = True) -> dict:
+def complete(wd, *, only=None, progress: bool = True, spread: bool = True, gate=None) -> dict:
     """Train every shard (of `only`, default all) whose latest checkpoint is before the last
     stage. In a cluster (`spread`), each process trains its own shards; see sisa.cluster."""
     last = wd.stages() - 1
     todo = [c.shard for c in wd.checkpoints if c.latest() < last and (only is None or c.shard in only)]
     if not spread or cluster.count() == 1:
-        return train_shards(wd, todo, progress=progress)
+        return train_shards(wd, todo, progress=progress, gate=gate)
     t0 = time.perf_counter()
     reports = cluster.complete_everywhere(wd.root, todo, lambda mine: train_shards(wd, mine, progress=progress))
     wd.reload_checkpoints()  # other processes wrote checkpoints this one's handles have not seen
@@ -152,7 +155,7 @@ def complete(wd, *, only=None, progress: bool = True, spread: bool = True) -> di
     }
 
 
-def _train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
+def _train_shards(wd, todo: list[int], *, progress: bool = True, gate=None) -> dict:
     t0 = time.perf_counter()
     cfg = wd.config
     shards, slices = cfg.partition.shards, wd.stages()  # every stage: one per slice and per arrival
@@ -213,8 +216,9 @@ def _train_shards(wd, todo: list[int], *, progress: bool = True) -> dict:
                 disable=not progress, file=sys.stderr, leave=False,
             )
             for epoch in range(epochs):
-                states, loss = ens.epoch(states, data, shard_ids, stage, epoch, ens.place(active))
-                loss = np.asarray(loss)  # waits for the epoch: the bar shows real progress
+                with gate() if gate is not None else contextlib.nullcontext():
+                    states, loss = ens.epoch(states, data, shard_ids, stage, epoch, ens.place(active))
+                    loss = np.asarray(loss)  # waits for the epoch: the bar shows real progress
                 bar.update(n)
                 crash_point("after-epoch")
                 bar.set_postfix(loss=f"{loss[active].mean():.3f}")
