@@ -372,3 +372,24 @@ def test_nothing_to_serve_until_retrained_is_503(run):
         assert r.status_code == 503 and r.json()["kind"] == "unavailable", r.text
     finally:
         svc.close()
+
+
+def test_a_language_model_takes_added_documents_over_http(tmp_path):
+    from tests.test_framework import corpus, text_cfg
+
+    cfg = text_cfg("transformer_lm", corpus(tmp_path / "docs.txt", labels=False))
+    root = tmp_path / "lm"
+    api.train(str(root), cfg, progress=False)
+    svc, client = server(root)
+    try:
+        docs = ["the plot was good", "a very fine film", "the cast was grim"]
+        r = client.post("/v1/add", json={"ids": [1000, 1001, 1002], "text": docs}, headers=AUTH)
+        assert r.status_code == 202, r.text
+        empty = client.post("/v1/add", json={"ids": [1003], "text": [""]}, headers=AUTH)
+        assert empty.status_code == 422 and "empty" in empty.json()["error"]
+        settle(svc)
+        assert client.get(f"/v1/adds/{r.json()['request_id']}", headers=AUTH).json()["state"] == "added"
+    finally:
+        svc.close()
+    wd = Workdir.open(root)
+    assert wd.stages() == 3 and wd.store().contains([1000, 1001, 1002]).all()
