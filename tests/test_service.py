@@ -94,6 +94,14 @@ def test_a_forget_takes_effect_before_its_retraining(run):
         assert_served_clean(run, served, ids)
         status = client.get("/v1/status", headers=AUTH).json()
         assert status["pending_requests"] == [1] and status["serving"]["served"]["1"]["stage"] == 1
+        # What the status page's script reads (it holds no data itself: served without the token).
+        assert status["stages"] == 3 and status["stages_on_disk"]["1"] == [0, 1, 2]
+        assert [p["request_id"] for p in status["pending_request_states"]] == [1]
+        assert status["ledger_head"].startswith("1:")
+        page = client.get("/").text
+        for field in ("s.stages_on_disk", "s.serving.served", "s.pending_request_states", "s.ledger_head",
+                      "location.hash"):
+            assert field in page, field
     finally:
         svc.close()
 
