@@ -40,8 +40,9 @@ child process (`--batch-window`, a random bearer token in SISA_TOKEN, a free loo
 Targets: p99 latency with forgets <= 2x p99 without them (B vs A); a single-id request committed
 within 1.2x its retraining work + 0.2 s of its 202; 0 freshness violations; after the kills
 every acknowledged request committed and the model identical to training from scratch.
-The 202 -> committed time includes the batch window (the worker waits that long for more
-requests before it retrains), which the table also shows subtracted.
+A request reaching an idle server retrains at once; one arriving during a retraining, or within
+the batch window after it, waits for the window to end (the table also shows the time with the
+window subtracted), and a retraining under load takes turns with predictions one epoch at a time.
 
 `--plot F.png`: prediction latency over time in B and the fault phase, with each forget's 202
 and commit and each kill marked (skipped with a note without matplotlib). Programs compile into
