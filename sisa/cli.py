@@ -289,34 +289,15 @@ def _shards(args) -> list[int] | None:
 
 def _load_texts(path: str) -> list:
     """A text run's inputs: a .txt file's lines, or a .jsonl file's objects (each with a `text`,
-    kept whole so that a language model sees an optional `continuation`)."""
-    import json
+    kept whole so that a language model sees an optional `continuation`), read as text data is."""
+    from pathlib import Path
 
-    fail = f"cannot read input {path}"
+    from sisa.data import text
+
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        out = text.read_lines(Path(path)) if path.endswith(".txt") else text.read_jsonl(Path(path))
     except OSError as e:
-        raise SisaError(f"{fail}: {e.strerror or e}") from None
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for n, raw in enumerate(lines, 1):
-        try:
-            line = raw.rstrip(b"\r").decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SisaError(f"input {path} line {n}: not UTF-8 (byte {e.start}); save the file as UTF-8") from None
-        if path.endswith(".txt"):
-            out.append(line)
-            continue
-        try:
-            item = json.loads(line)
-        except ValueError as e:
-            raise SisaError(f"input {path} line {n}: not a JSON object ({e})") from None
-        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-            raise SisaError(f"input {path} line {n}: needs a \"text\" field holding a string")
-        out.append(item)
+        raise SisaError(f"cannot read input {path}: {e.strerror or e}") from None
     if not out:
         raise SisaError(f"input {path} holds no texts; give one per line")
     return out

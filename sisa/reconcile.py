@@ -117,9 +117,7 @@ def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, a
     Refuses when a lineage read holds a ledger head the ledger lacks (a cut ledger), and (with
     `environment`: a writer's snapshot) when the model's code or base changed since training."""
     if environment:
-        from sisa.workdir import check_model
-
-        check_model(wd.config, wd.manifest)  # before a writer writes anything
+        wd.check_model()  # before a writer writes anything
     ledger = wd.ledger()
     entries = ledger.entries()
     requests = tuple(Request(e["seq"], frozenset(e["ids"]), e["state"]) for e in entries)

@@ -98,8 +98,8 @@ def constituents(wd, cache: dict | None = None) -> Constituents:
     id (its retraining not finished) answers from the newest earlier stage that saw none of them,
     the stage before the earliest affected slice, as soon as the request is in the ledger: not
     nothing, and never a stage that saw them (S3T's deactivated slices). Read optimistically.
-    `cache`: a dict kept between calls (sisa.service) of stages restored before, reused while
-    their files are the same (same inode, size and time)."""
+    `cache`: a dict kept between calls (sisa.service) of the stage each shard serves, reused while
+    its files are the same (same inode, size and time)."""
     return read_consistently(wd, lambda: _constituents(wd, cache))
 
 
@@ -130,34 +130,35 @@ def _constituents(wd, cache: dict | None = None) -> Constituents:
 
 
 def _newest_clean(ckpt, forgotten: set, cache: dict | None = None) -> tuple | None:
-    """(stage, state, lineage) of the shard's newest intact stage that saw no id of `forgotten`."""
+    """(stage, state, lineage) of the shard's newest intact stage that saw no id of `forgotten`.
+    `cache` (shard -> the stage it served last, with its files' identity) holds only what serves
+    now: a state that saw a forgotten id since is dropped, not kept in memory."""
     from sisa.checkpoint import CheckpointCorrupted, CheckpointUnreadable
 
     for stage in reversed(ckpt.stages()):
         path = ckpt.stage_path(stage)  # this shard's part of the save that holds the stage
         seen = _identity(path) if path is not None else None
-        key = (ckpt.shard, stage, str(path), seen)  # a stage saved again goes to another save (path)
-        if cache is not None and seen is not None and key in cache:
-            state, lineage = cache[key]
-            if not forgotten.intersection(lineage["ids"]):
-                return stage, state, lineage
-            continue
-        try:
-            if forgotten.intersection(ckpt.lineage(stage)["ids"]):
-                continue  # saw a forgotten id: no need to read its state
-            state, lineage = ckpt.restore(stage)  # its lineage again, checked against the state
-            if cache is not None and seen is not None:
-                for old in [k for k in cache if k[:2] == key[:2]]:
-                    del cache[old]
-                cache[key] = (state, lineage)
-        except CheckpointCorrupted:  # damaged, or removed under us: an older stage may serve
-            continue
-        except (CheckpointUnreadable, OSError):  # unreadable although intact: the environment, unless it moved
-            if seen is None or _identity(path) != seen:
-                raise _Changed from None
-            raise
+        key = (stage, str(path), seen)  # a stage saved again goes to another save (path)
+        hit = cache.get(ckpt.shard) if cache is not None and seen is not None else None
+        if hit is not None and hit[0] == key:
+            state, lineage = hit[1], hit[2]
+        else:
+            try:
+                if forgotten.intersection(ckpt.lineage(stage)["ids"]):
+                    continue  # saw a forgotten id: no need to read its state
+                state, lineage = ckpt.restore(stage)  # its lineage again, checked against the state
+            except CheckpointCorrupted:  # damaged, or removed under us: an older stage may serve
+                continue
+            except (CheckpointUnreadable, OSError):  # unreadable although intact: the environment, unless it moved
+                if seen is None or _identity(path) != seen:
+                    raise _Changed from None
+                raise
         if not forgotten.intersection(lineage["ids"]):
+            if cache is not None and seen is not None:
+                cache[ckpt.shard] = (key, state, lineage)
             return stage, state, lineage
+    if cache is not None:
+        cache.pop(ckpt.shard, None)
     return None
 
 

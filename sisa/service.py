@@ -62,6 +62,11 @@ class Metrics:
             buckets[next((i for i, b in enumerate(LATENCY_BUCKETS) if seconds <= b), len(LATENCY_BUCKETS))] += 1
             self.latency_sum[endpoint] += seconds
 
+    def retrained(self, seconds: float) -> None:
+        with self._lock:
+            self.retrain_seconds += seconds
+            self.retrains += 1
+
     def text(self, pending: int) -> str:
         with self._lock:
             out = ["# HELP sisa_requests_total HTTP requests by endpoint and status.",
@@ -121,7 +126,7 @@ class Service:
         self.acknowledging = threading.Lock()  # one request checked and recorded at a time
         self._wake, self._stop = threading.Event(), threading.Event()
         self._cache: tuple | None = None  # (version, reader Workdir, constituents)
-        self._restored: dict = {}  # stages read before, reused while their files stay (serve.constituents)
+        self._restored: dict = {}  # the stage each shard serves, reused while its files stay (serve.constituents)
         self._last_pass = -float("inf")  # when the worker's last pass ended (time.monotonic)
         self.ready = False  # models read and the serving program loaded: /readyz says so
         self._busy = False  # the worker is in a pass
@@ -163,9 +168,7 @@ class Service:
                 done = reconcile.reconcile(self.wd, progress=False, gate=self._turn)
                 self.worker_error = None
                 if done["trained"]["shards_trained"] or done["committed"]:
-                    with self.metrics._lock:
-                        self.metrics.retrain_seconds += time.perf_counter() - t0
-                        self.metrics.retrains += 1
+                    self.metrics.retrained(time.perf_counter() - t0)
             except Exception as e:  # served on at once from the safe stages; tried again on the next request
                 self.worker_error = f"{type(e).__name__}: {e}"
                 log.error("retraining failed: %s", self.worker_error)
@@ -244,23 +247,10 @@ class Service:
             if not isinstance(ids, list):
                 raise SisaError("ids must be a list of integers", kind="bad_input")
             ids = exact.parse_ids(ids)
-            ledger, store = self.wd.ledger(), self.wd.store()
-            done = ledger.forgotten()
-            again = [i for i in ids if i in done]
-            if again:
-                raise SisaError(f"id(s) already forgotten: {again[:10]} (request #{done[again[0]]})", kind="bad_input")
-            known = store.contains(ids)
-            if not known.all():
-                raise SisaError(f"unknown id(s): {np.asarray(ids)[~known].tolist()[:10]}", kind="bad_input")
-            remaining = len(store) - (int(store.contains(sorted(done)).sum()) if done else 0)
-            if len(ids) == remaining:
-                raise SisaError(f"forgetting all {remaining} remaining examples would leave no model", kind="bad_input")
-            rows = np.searchsorted(store.ids, ids)
-            affected: dict[int, int] = {}
-            for s, r in zip(store.shard[rows].tolist(), store.slice[rows].tolist()):
-                affected[s] = min(r, affected.get(s, r))
+            exact.check_forgettable(self.wd, ids)
+            shards = exact.affected(self.wd.store(), ids)
             with self.serving:  # no prediction in flight while the request becomes acknowledged
-                entry = ledger.request(ids, affected, request=request, reason=reason)
+                entry = self.wd.ledger().request(ids, shards, request=request, reason=reason)
                 self._cache = None
         self._wake.set()
         return entry
@@ -289,8 +279,6 @@ class Service:
     def _examples(self, payload: dict):
         """A Dataset of the examples in `payload`: {"ids", "x", "y"[, "group"]}, or for a text run
         {"ids", "text"[, "label"]} (tokenized as the run's data)."""
-        from sisa.data.datasets import Dataset
-
         unknown = set(payload) - {"ids", "x", "y", "group", "text", "label"}
         if unknown:
             raise SisaError(f"unknown field(s) {sorted(unknown)}", kind="bad_input")
@@ -323,29 +311,30 @@ class Service:
                 x = np.asarray(payload.get("x"), dtype=self.wd.store().x.dtype)
                 y = np.asarray(payload.get("y"), dtype=np.int32)
             group = payload.get("group")
-            ds = Dataset("added", x, y, np.asarray(ids, np.int64), x[:0], y[:0], m["num_classes"],
-                         groups=None if group is None else np.asarray(group, np.int64), scale=m["scale"])
+            return self._added(x, y, np.asarray(ids, np.int64), None if group is None else np.asarray(group, np.int64))
         except SisaError:
             raise
         except (ValueError, TypeError) as e:
             raise SisaError(f"examples to add do not fit the run's data: {e}", kind="bad_input") from None
+
+    def _added(self, x, y, ids, groups):
+        """A Dataset of examples to add, with the run's facts (classes, scale, text settings)."""
+        from sisa.data.datasets import Dataset
+
+        m = self.wd.manifest["dataset"]
+        ds = Dataset("added", x, y, ids, x[:0], y[:0], m["num_classes"], groups=groups, scale=m["scale"])
         return dataclasses.replace(ds, vocab_size=m.get("vocab_size"), task=m.get("task", "classify"),
                                    tokenizer=m.get("tokenizer"))
 
     def _add_staged(self) -> None:
         """Add every staged batch, oldest first (the worker's, before its pass)."""
         from sisa import adding
-        from sisa.data.datasets import Dataset
         from sisa.data.store import read_arrays
 
-        m = self.wd.manifest["dataset"]
         for path in sorted(self._staged()):
             n = int(path.stem.split("-")[1])
             a = read_arrays(path, ["x", "y", "id", "group"], "staged examples", optional=("group",))
-            ds = dataclasses.replace(
-                Dataset("added", a["x"], a["y"], a["id"], a["x"][:0], a["y"][:0], m["num_classes"],
-                        groups=a.get("group"), scale=m["scale"]),
-                vocab_size=m.get("vocab_size"), task=m.get("task", "classify"), tokenizer=m.get("tokenizer"))
+            ds = self._added(a["x"], a["y"], a["id"], a.get("group"))
             entry = self.additions.setdefault(n, {"request_id": n, "examples": len(ds.ids)})
             try:
                 out = adding.add(self.wd, ds, progress=False, gate=self._turn)

@@ -228,12 +228,18 @@ class Workdir:
         a = read_arrays(self.test_path, ["x", "y"], "test split")
         return a["x"], a["y"]
 
+    def check_model(self) -> None:
+        """`check_model` of this run, once per Workdir (one command): hashing a base reads it whole."""
+        if not self.__dict__.get("_model_checked"):
+            check_model(self.config, self.manifest)
+            self._model_checked = True
+
     @functools.cached_property
     def trainer(self):
         from sisa.training.step import trainer_for
 
         d = self.manifest["dataset"]
-        check_model(self.config, self.manifest)
+        self.check_model()
         return trainer_for(self.config, tuple(d["input_shape"]), d["num_classes"], d["scale"], d.get("vocab_size"),
                            d.get("task", "classify"))
 

@@ -312,12 +312,17 @@ def test_the_cli_forgets_a_group_and_refuses_ids_with_it(tmp_path, tiny_cfg):
     assert entry["ids"] == sorted(ds.ids[names == "user-2"].tolist()) and entry["state"] == "committed"
 
 
-def test_a_language_model_is_served_and_forgets_documents(tmp_path):
+def trained_lm(tmp_path):
+    """A small sharded language model on a generated .txt corpus (tests/test_framework.py's)."""
     from tests.test_framework import corpus, text_cfg
 
-    cfg = text_cfg("transformer_lm", corpus(tmp_path / "docs.txt", labels=False))
     root = tmp_path / "lm"
-    api.train(str(root), cfg, progress=False)
+    api.train(str(root), text_cfg("transformer_lm", corpus(tmp_path / "docs.txt", labels=False)), progress=False)
+    return root
+
+
+def test_a_language_model_is_served_and_forgets_documents(tmp_path):
+    root = trained_lm(tmp_path)
     svc, client = server(root)
     try:
         body = {"inputs": ["the film", {"text": "the plot", "continuation": " good"}]}
@@ -383,11 +388,7 @@ def test_nothing_to_serve_until_retrained_is_503(run):
 
 
 def test_a_language_model_takes_added_documents_over_http(tmp_path):
-    from tests.test_framework import corpus, text_cfg
-
-    cfg = text_cfg("transformer_lm", corpus(tmp_path / "docs.txt", labels=False))
-    root = tmp_path / "lm"
-    api.train(str(root), cfg, progress=False)
+    root = trained_lm(tmp_path)
     svc, client = server(root)
     try:
         docs = ["the plot was good", "a very fine film", "the cast was grim"]

@@ -233,7 +233,7 @@ def read_table(path: str) -> tuple[dict, dict | None]:
         if p.is_dir():
             return _read_hf(where)
         if suffix == ".txt":
-            return {"text": _lines(p)}, None
+            return {"text": read_lines(p)}, None
         if suffix == ".jsonl":
             return _read_jsonl(p), None
         if suffix == ".csv":
@@ -283,7 +283,7 @@ def _decode(p: Path) -> str:
     return text.removeprefix("\ufeff")  # a byte-order mark some editors write is not text
 
 
-def _lines(p: Path) -> list[str]:
+def read_lines(p: Path) -> list[str]:
     """Lines split on "\\n" alone (str.splitlines would also split on \\x0b, \\u2028, ...)."""
     text = _decode(p)
     if not text:
@@ -294,10 +294,12 @@ def _lines(p: Path) -> list[str]:
     return [s.removesuffix("\r") for s in lines]
 
 
-def _read_jsonl(p: Path) -> dict:
+def read_jsonl(p: Path) -> list[dict]:
+    """The objects of a .jsonl file, each checked to have a string "text" (any other fields kept);
+    a bad line is named by its number."""
     where = str(p)
     rows = []
-    for n, line in enumerate(_lines(p), 1):
+    for n, line in enumerate(read_lines(p), 1):
         if not line.strip():
             raise SisaError(f"text data {where!r}: line {n} is blank; every line of a .jsonl file must be one "
                             f"JSON object: remove blank lines")
@@ -312,6 +314,11 @@ def _read_jsonl(p: Path) -> dict:
             got = "no \"text\" field" if "text" not in obj else f"\"text\" is {type(obj['text']).__name__}"
             raise SisaError(f"text data {where!r}: line {n} has {got}; each line needs a string \"text\" field")
         rows.append(obj)
+    return rows
+
+
+def _read_jsonl(p: Path) -> dict:
+    where, rows = str(p), read_jsonl(p)
     table = {"text": [r["text"] for r in rows]}
     keys = set().union(*rows) if rows else set()
     for key, names in _COLUMNS.items():

@@ -49,7 +49,7 @@ def _adapted(path, leaf) -> bool:
     return path[-1] == "kernel" and np.ndim(leaf) == 2  # dense kernels (nnx.Linear); not embeddings or convs
 
 
-def _read(path: str, target):
+def load_base(path: str, target) -> dict:
     """The base's parameters, restored to the structure and shapes of `target` (a model's
     abstract parameters: numpy zeros)."""
     root = Path(path)
@@ -87,10 +87,6 @@ def _read(path: str, target):
     return jax.tree.map(lambda t, a: np.asarray(a, np.asarray(t).dtype), target, params)
 
 
-def load_base(path: str, target) -> dict:
-    return _read(path, target)
-
-
 def describe_base(path: str) -> dict:
     """What the manifest records of a base: its absolute path and its parameters' digest (read
     as stored, without a model to shape them)."""
@@ -111,7 +107,7 @@ def describe_base(path: str) -> dict:
             raise SisaError(f"base model {path} is neither a sisa workdir nor an orbax checkpoint: "
                             f"{type(e).__name__}: {str(e)[:300]}", kind="bad_input") from None
     else:
-        params = _read(str(root), target)
+        params = load_base(str(root), target)
     return {"path": str(root), "digest": digest(params)}
 
 

@@ -65,24 +65,10 @@ def forget(wd, ids, *, request: str | None = None, reason: str | None = None, pr
     earlier = reconcile.plan(snap)
     if earlier.refused:
         raise SisaError(earlier.refused)
-    done = ledger.forgotten()
-    again = [i for i in ids if i in done]
-    if again:
-        raise SisaError(f"id(s) already forgotten: {_few(again)} (ledger entry #{done[again[0]]})")
-    store = wd.store()
-    known = store.contains(ids)
-    if not known.all():
-        raise SisaError(f"unknown id(s): {_few(np.asarray(ids)[~known].tolist())} (not in the training data of {wd.root})")
-    remaining = len(store) - (int(store.contains(sorted(done)).sum()) if done else 0)
-    if len(ids) == remaining:
-        raise SisaError(f"forgetting all {remaining} remaining examples would leave no model; refused")
+    check_forgettable(wd, ids)
     reconcile.apply(wd, earlier, new_environment=new_env, progress=progress)  # finish earlier work first
-    store = wd.store()
-    rows = np.searchsorted(store.ids, ids)
-    affected: dict[int, int] = {}
-    for s, r in zip(store.shard[rows].tolist(), store.slice[rows].tolist()):
-        affected[s] = min(r, affected.get(s, r))
-    entry = ledger.request(ids, affected, request=request, reason=reason)
+    shards = affected(wd.store(), ids)
+    entry = ledger.request(ids, shards, request=request, reason=reason)
     crash_point("after-request")
     try:
         done = reconcile.reconcile(wd, allow_environment_change=allow_environment_change, progress=progress)
@@ -94,12 +80,37 @@ def forget(wd, ids, *, request: str | None = None, reason: str | None = None, pr
         ) from None
     trained = done["trained"]
     return {
-        "affected_shards": sorted(affected),
-        "stages_retrained": {s: trained["stages_trained"].get(s, []) for s in sorted(affected)},
+        "affected_shards": sorted(shards),
+        "stages_retrained": {s: trained["stages_trained"].get(s, []) for s in sorted(shards)},
         "examples_epochs_retrained": trained["examples_epochs"],
         "examples_epochs_full_retrain": full_cost(wd, wd.store()),
         "entry": entry["seq"], "hash": ledger.head(), "forgotten": len(ids), "seconds": time.perf_counter() - t0,
     }
+
+
+def check_forgettable(wd, ids: list[int]) -> None:
+    """Refuse ids forgotten before (an unfinished request's count: they are leaving the store),
+    ids not in the training data, and a request that would leave no example."""
+    done = wd.ledger().forgotten()
+    again = [i for i in ids if i in done]
+    if again:
+        raise SisaError(f"id(s) already forgotten: {_few(again)} (ledger entry #{done[again[0]]})")
+    store = wd.store()
+    known = store.contains(ids)
+    if not known.all():
+        raise SisaError(f"unknown id(s): {_few(np.asarray(ids)[~known].tolist())} (not in the training data of {wd.root})")
+    remaining = len(store) - (int(store.contains(sorted(done)).sum()) if done else 0)
+    if len(ids) == remaining:
+        raise SisaError(f"forgetting all {remaining} remaining examples would leave no model; refused")
+
+
+def affected(store, ids: list[int]) -> dict[int, int]:
+    """shard -> the earliest slice holding one of `ids` (all in `store`)."""
+    rows = np.searchsorted(store.ids, ids)
+    out: dict[int, int] = {}
+    for s, r in zip(store.shard[rows].tolist(), store.slice[rows].tolist()):
+        out[s] = min(r, out.get(s, r))
+    return out
 
 
 def full_cost(wd, store) -> int:
