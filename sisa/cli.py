@@ -13,6 +13,7 @@ import warnings
 # Light on purpose: `--help`, `--version`, `status`, `ledger` and `audit` never import JAX (nor
 # numpy for the first two); what a command needs is imported where it is used.
 from sisa.errors import SisaError
+from sisa.experiments import EXPERIMENTS
 from sisa.report import safe
 
 
@@ -210,6 +211,14 @@ def _parser() -> argparse.ArgumentParser:
                                                                 "(default: it needs it)")
     sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default: 16)")
 
+    e = cmd("experiment", "run one of the paper's experiments and write its results, plots and report", workdir=False)
+    e.add_argument("name", metavar="NAME", help="the experiment, one of: " + ", ".join(EXPERIMENTS))
+    e.add_argument("--out", help="output directory, new or empty (default: runs/experiments/NAME-<time>; committed "
+                                 "results are never written over)")
+    e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (default: refuse)")
+    e.add_argument("--quick", action="store_true", help="a budget of minutes: the shape of the result, fewer seeds "
+                                                        "and settings (default: the full experiment)")
+
     d = cmd("demo", "train on mnist5k, forget 10 ids, prove the result exact", workdir=False)
     d.add_argument("--workdir", help="keep the demo's runs here (default: a temporary directory)")
     d.add_argument("--text", action="store_true",
@@ -403,6 +412,10 @@ def run(args) -> dict:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = args.out or str(Path("runs") / "compare" / f"{Path(args.config).stem}{'-quick' * args.quick}-{stamp}")
             return api.compare(args.config, out, progress=progress, overwrite=args.overwrite, quick=args.quick)
+        case "experiment":
+            from sisa import experiments
+
+            return experiments.run(args.name, args.out, quick=args.quick, overwrite=args.overwrite, progress=progress)
         case "demo":
             return api.demo(args.workdir, progress=progress, text=args.text)
     raise AssertionError(args.command)
@@ -479,7 +492,7 @@ def _kind(e: SisaError, args) -> str:
         if cls is not None and isinstance(e, cls):
             return kind
     workdir = getattr(args, "workdir", None)
-    if args.command not in ("train", "compare", "demo") and workdir is not None and \
+    if args.command not in ("train", "compare", "experiment", "demo") and workdir is not None and \
             not os.path.isfile(os.path.join(workdir, "sisa.json")):
         return "not_found"
     return "bad_input"

@@ -152,6 +152,8 @@ def render(command: str, r: dict) -> str:
                           *[f"note: {n}" for n in r["notes"]]])
     if command == "compare":
         return f"{r['report']} ({r['wall_seconds']:.0f} s); plots: {', '.join(r['plots'])}"
+    if command == "experiment":
+        return f"{r['report']} ({r['wall_seconds']:.0f} s)"
     if command == "demo":
         return r["text"]
     if command == "add":
