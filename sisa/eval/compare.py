@@ -1,18 +1,23 @@
-"""The benchmark: approximate unlearning baselines and SISA exact deletion against the gold standard.
+"""The benchmark: approximate unlearning baselines and SISA exact deletion against retraining.
 
     from sisa.eval import compare
-    compare.run("experiments/compare_mnist5k.toml", "experiments/results/compare_mnist5k")
+    compare.run("experiments/compare_mnist5k.toml", "runs/compare/mine")
 
-Per seed: hold out a validation split (never trained on, not the test split) from the
-training data D; train the monolithic model (the engine with S=1, R=1) and one SISA ensemble
-per S on D; then, for each forget scenario (random fractions of D, one whole class):
+Once: LiRA's shadow models (`sisa.eval.shadows`), of each target architecture (the monolithic
+model and every SISA S), on random halves of the whole data set. Per seed: hold out a
+validation split (never trained on, not the test split) from the training data D; train the
+monolithic model (the engine with S=1, R=1) and one SISA ensemble per S on D; then, for each
+forget scenario K (random fractions of D, one whole class):
 
-* gold standard: `retrain` (the engine, S=1, R=1, on D \\ K: "retrained with the same code");
+* monolithic gold: the engine (S=1, R=1) retrained on D \\ K, the reference of the baselines;
 * every configured baseline, starting from the monolithic model, hyper-parameters chosen once
   per scenario by `baselines.search` on the search seed's validation split;
-* SISA: `sisa.forget(K)` on a copy of each ensemble; its outputs are the aggregated ensemble.
+* SISA gold: each SISA ensemble retrained from scratch on D \\ K (the reference of SISA);
+* SISA: `sisa.forget(K)` on a copy of each ensemble; its outputs are the aggregated ensemble,
+  and its largest difference from the SISA gold's outputs is measured (0 when exact).
 
-Writes `report.md`, `results.json` and two PNG plots to `out_dir` (see `compare_report`).
+Every number is kept per seed (`rows`); `compare_report` pairs them over seeds and writes
+`report.md`, `results.json` and the plots to `out_dir`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ from sisa.unlearn.baselines.common import BUDGET_FIELDS, Budget
 GOLD, ORIGINAL = "retrain (gold)", "original (no unlearning)"
 
 
+def sisa_names(shards: int) -> tuple[str, str, str]:
+    """(forget row, its gold, its no-op) method names of the SISA run with `shards` shards."""
+    return (f"SISA S={shards} (exact)", f"SISA S={shards} retrained (gold)", f"SISA S={shards} before forget")
+
+
 # --------------------------------------------------------------------------------------------
 # Config
 
@@ -62,10 +72,9 @@ class CompareConfig:
     forget_class: bool = True  # also forget one whole class (class = seed % num_classes)
     sisa_shards: tuple[int, ...] = (5, 10)
     sisa_slices: int = 4
-    shadow_shards: int | None = None  # the SISA run whose constituents are LiRA's shadows (default: largest S)
+    shadows: int = 16  # LiRA shadow models per target architecture (even)
     search_seed: int | None = None  # seed whose validation split picks hyper-parameters (default: first)
-    search_weight: float = 1.0  # weight of |MIA AUC - 0.5| against validation accuracy
-    mia_tolerance: float = 0.02  # "reaches the gold standard": mean |ΔAUC| at most this
+    utility_margin: float = 0.02  # accuracy a method may lose against its reference (search and verdict)
     engine: Config = Config()  # data, model, train (and partition strategy) of every trained model
     methods: tuple[MethodSpec, ...] = ()
 
@@ -82,8 +91,10 @@ class CompareConfig:
             raise SisaError("no forget scenario: give [forget] random fractions or class = true")
         if not self.sisa_shards or min(self.sisa_shards) < 2 or self.sisa_slices < 1:
             raise SisaError(f"[sisa] needs shards >= 2 (got {list(self.sisa_shards)}) and slices >= 1")
-        if self.shadow_shards is not None and self.shadow_shards not in self.sisa_shards:
-            raise SisaError(f"shadow_shards = {self.shadow_shards} is not one of [sisa] shards {list(self.sisa_shards)}")
+        if self.shadows < 2 or self.shadows % 2:
+            raise SisaError(f"shadows must be an even number >= 2 (each example in half of them), got {self.shadows}")
+        if not 0 <= self.utility_margin < 1:
+            raise SisaError(f"utility_margin must lie in [0, 1), got {self.utility_margin}")
         if self.search_seed is not None and self.search_seed not in self.seeds:
             raise SisaError(f"search seed {self.search_seed} is not one of the seeds {list(self.seeds)}")
         names = [m.name for m in self.methods]
@@ -104,18 +115,13 @@ class CompareConfig:
             raise SisaError(f"a method is listed twice: {names}")
 
     @property
-    def shadow(self) -> int:
-        return self.shadow_shards or max(self.sisa_shards)
-
-    @property
     def first_seed(self) -> int:
         return self.seeds[0] if self.search_seed is None else self.search_seed
 
 
-_TOP = {"name", "seeds", "validation_fraction", "mia_tolerance", "forget", "sisa", "search",
+_TOP = {"name", "seeds", "validation_fraction", "utility_margin", "shadows", "forget", "sisa", "search",
         "data", "model", "train", "partition", "methods"}
-_SECTIONS = {"forget": {"random", "class"}, "sisa": {"shards", "slices", "shadow_shards"},
-             "search": {"seed", "weight"}}
+_SECTIONS = {"forget": {"random", "class"}, "sisa": {"shards", "slices"}, "search": {"seed"}}
 
 
 def from_dict(d: dict) -> CompareConfig:
@@ -153,10 +159,9 @@ def from_dict(d: dict) -> CompareConfig:
             forget_class=forget.get("class", True),
             sisa_shards=tuple(sisa_.get("shards", defaults["sisa_shards"].default)),
             sisa_slices=sisa_.get("slices", defaults["sisa_slices"].default),
-            shadow_shards=sisa_.get("shadow_shards"),
+            shadows=d.get("shadows", defaults["shadows"].default),
             search_seed=search.get("seed"),
-            search_weight=search.get("weight", 1.0),
-            mia_tolerance=d.get("mia_tolerance", defaults["mia_tolerance"].default),
+            utility_margin=d.get("utility_margin", defaults["utility_margin"].default),
             engine=engine,
             methods=tuple(methods),
         )
@@ -184,10 +189,10 @@ def to_dict(cfg: CompareConfig) -> dict:
     engine["partition"] = {k: v for k, v in engine["partition"].items() if k not in ("shards", "slices")}
     d = {
         "name": cfg.name, "seeds": list(cfg.seeds), "validation_fraction": cfg.validation_fraction,
-        "mia_tolerance": cfg.mia_tolerance,
+        "utility_margin": cfg.utility_margin, "shadows": cfg.shadows,
         "forget": {"random": list(cfg.forget_fractions), "class": cfg.forget_class},
-        "sisa": {"shards": list(cfg.sisa_shards), "slices": cfg.sisa_slices, "shadow_shards": cfg.shadow_shards},
-        "search": {"seed": cfg.search_seed, "weight": cfg.search_weight},
+        "sisa": {"shards": list(cfg.sisa_shards), "slices": cfg.sisa_slices},
+        "search": {"seed": cfg.search_seed},
         **engine,
         "methods": {m.name: {"budget": {k: v for k, v in dataclasses.asdict(m.budget).items() if v is not None},
                              "hparams": m.hparams, "grid": m.grid} for m in cfg.methods},
@@ -233,13 +238,14 @@ def scenarios(cfg: CompareConfig, train_ds, seed: int) -> list[Scenario]:
 
 
 def quick(cfg: CompareConfig) -> CompareConfig:
-    """A short budget of `cfg`: one seed, the smallest random forget fraction, no class scenario,
-    the smallest SISA run, each method's grid cut to its first value (minutes, not an hour)."""
-    methods = tuple(dataclasses.replace(m, grid={k: v[:1] for k, v in m.grid.items()}) for m in cfg.methods)
-    return dataclasses.replace(cfg, name=f"{cfg.name}-quick", seeds=cfg.seeds[:1], search_seed=None,
+    """A short budget of `cfg` (minutes, not an hour): two seeds (the fewest a paired interval
+    needs), the smallest random forget fraction, no class scenario, the smallest SISA run, 4 shadow
+    models, each method's grid cut to its first two values."""
+    methods = tuple(dataclasses.replace(m, grid={k: v[:2] for k, v in m.grid.items()}) for m in cfg.methods)
+    return dataclasses.replace(cfg, name=f"{cfg.name}-quick", seeds=cfg.seeds[:2], search_seed=None,
                                forget_fractions=tuple(sorted(cfg.forget_fractions)[:1]) or cfg.forget_fractions,
                                forget_class=cfg.forget_class and not cfg.forget_fractions,
-                               sisa_shards=(min(cfg.sisa_shards),), shadow_shards=None, methods=methods)
+                               sisa_shards=(min(cfg.sisa_shards),), shadows=min(cfg.shadows, 4), methods=methods)
 
 
 def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: bool = False,
@@ -247,10 +253,10 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
     """Run the benchmark of `config` (a CompareConfig, its TOML layout as a dict, or a path to a
     TOML file) and write the report to `out_dir`, which must be new or empty unless `overwrite`
     (committed results are never replaced by accident). `short`: the `quick` budget. `dataset` (a
-    Dataset) replaces the one the config names. Returns paths, wall time, the aggregated summary
-    and `reaches_gold`."""
+    Dataset) replaces the one the config names. Returns paths, wall time and the verdicts."""
     from sisa import runtime
     from sisa.data import datasets
+    from sisa.experiments import fresh_dir
 
     if isinstance(config, (str, Path)):
         cfg, toml_text = load(config), Path(config).read_text()
@@ -260,12 +266,8 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
     if short:
         cfg = quick(cfg)
         toml_text = dumps(cfg)
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise SisaError(f"{out} exists and is not empty: give another --out (or --overwrite to replace what is there)",
-                        kind="usage")
+    out = fresh_dir(out_dir, overwrite)
     runtime.setup()
-    out.mkdir(parents=True, exist_ok=True)
     t0, load_before = time.perf_counter(), os.getloadavg()
     ds = dataset if dataset is not None else datasets.load(cfg.engine.data.dataset,
                                                            num_classes=cfg.engine.data.num_classes, data=cfg.engine.data)
@@ -276,9 +278,10 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
     rows, searches, facts = [], {}, {}
     work = Path(tempfile.mkdtemp(prefix="sisa-compare-", dir=out if keep_workdirs else None))
     try:
-        bar = _bar(cfg, ds, progress)
+        bar = _bar(cfg, progress)
+        shadows = _shadows(cfg, ds, work / "shadows", bar)
         for seed in seeds:
-            seed_rows, seed_facts = _run_seed(cfg, ds, seed, work / f"seed{seed}", searches, bar)
+            seed_rows, seed_facts = _run_seed(cfg, ds, seed, work / f"seed{seed}", searches, shadows, bar)
             rows += seed_rows
             facts[seed] = seed_facts
             if not keep_workdirs:
@@ -288,11 +291,11 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
         if not keep_workdirs:
             shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - t0
-    summary = compare_report.summarize(rows)
+    summary = compare_report.summarize(rows, cfg.utility_margin)
     results = {
         "name": cfg.name,
         "config": to_dict(cfg),
-        "resolved": {"shadow_shards": cfg.shadow, "search_seed": cfg.first_seed},
+        "resolved": {"search_seed": cfg.first_seed},
         "config_toml": toml_text,
         "dataset": {"name": ds.name, "fingerprint": ds.fingerprint(), "train": len(ds.ids), "test": len(ds.y_test),
                     "num_classes": ds.num_classes},
@@ -301,25 +304,54 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
         "seeds": facts,
         "search": searches,
         "summary": summary,
-        "reaches_gold": compare_report.reaches_gold(summary, cfg.mia_tolerance),
         "rows": rows,
     }
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1, allow_nan=False))
-    plots = compare_report.write(results, out)
+    plots = compare_report.write(json.loads((out / "results.json").read_text()), out)  # tables from the saved JSON
     return {"out_dir": str(out), "report": str(out / "report.md"), "results": str(out / "results.json"),
-            "plots": plots, "wall_seconds": wall, "summary": _jsonable(summary),
-            "reaches_gold": results["reaches_gold"]}
+            "plots": plots, "wall_seconds": wall, "verdicts": compare_report.verdicts(_jsonable(summary))}
 
 
-def _bar(cfg, ds, progress):
+def _bar(cfg, progress):
     from tqdm.auto import tqdm
 
-    per_seed = (len(cfg.forget_fractions) + cfg.forget_class) * (2 + len(cfg.methods) + len(cfg.sisa_shards))
-    return tqdm(total=per_seed * len(cfg.seeds), desc=f"compare {cfg.name}", unit="run", disable=not progress,
-                file=sys.stderr)
+    per_seed = 1 + len(cfg.sisa_shards) + (len(cfg.forget_fractions) + cfg.forget_class) * (
+        2 + len(cfg.methods) + 2 * len(cfg.sisa_shards))
+    total = cfg.shadows * (1 + len(cfg.sisa_shards)) + per_seed * len(cfg.seeds)
+    return tqdm(total=total, desc=f"compare {cfg.name}", unit="model", disable=not progress, file=sys.stderr)
 
 
-def _run_seed(cfg: CompareConfig, ds, seed: int, work: Path, searches: dict, bar) -> tuple[list, dict]:
+def _outputs(root, x) -> np.ndarray:
+    """[N, C] log-probabilities of the run at `root`: its constituents' softmax mean (one
+    constituent: its own output)."""
+    from sisa import serve
+    from sisa.eval import metrics
+    from sisa.workdir import Workdir
+
+    wd = Workdir.open(root)
+    return metrics.softmax_mean(metrics.ensemble_log_probs(wd.trainer, serve.constituents(wd).params, x))
+
+
+def _architectures(cfg: CompareConfig) -> dict:
+    """Target architecture -> its engine config: "monolithic" (S=1, R=1) and each SISA S."""
+    archs = {"monolithic": cfg.engine.replace(partition={"shards": 1, "slices": 1})}
+    for s in cfg.sisa_shards:
+        archs[f"S={s}"] = cfg.engine.replace(partition={"shards": s, "slices": cfg.sisa_slices})
+    return archs
+
+
+def _shadows(cfg, ds, work: Path, bar) -> dict:
+    from sisa.eval import shadows
+
+    out = {}
+    for name, engine in _architectures(cfg).items():
+        bar.set_description(f"compare {cfg.name}: LiRA shadows, {name}")
+        out[name] = shadows.train(engine, ds, cfg.shadows, seed=0, work=work / name.replace("=", ""),
+                                  outputs=_outputs, bar=bar)
+    return out
+
+
+def _run_seed(cfg: CompareConfig, ds, seed: int, work: Path, searches: dict, shadows: dict, bar) -> tuple[list, dict]:
     """Train the original model and the SISA ensembles on D, then run every scenario."""
     import jax
 
@@ -330,16 +362,17 @@ def _run_seed(cfg: CompareConfig, ds, seed: int, work: Path, searches: dict, bar
     held = np.sort(rng.choice(len(ds.ids), round(cfg.validation_fraction * len(ds.ids)), replace=False))
     validation = (ds.x[held], ds.y[held])
     train = ds.without(ds.ids[held])
-    engine = cfg.engine.replace(train={"seed": seed}, partition={"seed": seed})
-    sisa.train(work / "original", engine.replace(partition={"shards": 1, "slices": 1}), dataset=train, progress=False)
+    archs = {k: v.replace(train={"seed": seed}, partition={"seed": seed}) for k, v in _architectures(cfg).items()}
+    bar.set_description(f"compare {cfg.name}: seed {seed}, training")
+    sisa.train(work / "original", archs["monolithic"], dataset=train, progress=False)
+    bar.update()
     wd = Workdir.open(work / "original")
     trainer, original = wd.trainer, wd.checkpoints[0].restore(0)[0]["params"]
     ensembles = {}
     for s in cfg.sisa_shards:
         ensembles[s] = work / f"sisa{s}"
-        sisa.train(ensembles[s], engine.replace(partition={"shards": s, "slices": cfg.sisa_slices}), dataset=train,
-                   progress=False)
-    shadow = _shadows(Workdir.open(ensembles[cfg.shadow]), trainer, train, ds)
+        sisa.train(ensembles[s], archs[f"S={s}"], dataset=train, progress=False)
+        bar.update()
 
     rows, facts = [], {"validation_examples": len(held), "train_examples": len(train.ids), "scenarios": {}}
     for i, sc in enumerate(scenarios(cfg, train, seed)):
@@ -347,10 +380,12 @@ def _run_seed(cfg: CompareConfig, ds, seed: int, work: Path, searches: dict, bar
         is_f = np.isin(train.ids, sc.ids)
         forget, retain = (train.x[is_f], train.y[is_f]), (train.x[~is_f], train.y[~is_f])
         key = jax.random.fold_in(jax.random.key(seed), i)
-        ev = _Evaluator(trainer, forget, retain, (ds.x_test, ds.y_test), shadow, is_f)
+        ev = _Evaluator(trainer, forget, retain, ds, np.searchsorted(ds.ids, sc.ids), shadows)
+        bar.set_description(f"compare {cfg.name}: seed {seed}, {sc.name}, gold")
         rows += _reference_rows(ev, seed, sc, trainer, original, forget, retain, train.ids[~is_f], key)
         bar.update(2)
         for j, spec in enumerate(cfg.methods):
+            bar.set_description(f"compare {cfg.name}: seed {seed}, {sc.name}, {spec.name}")
             pick = searches.setdefault(sc.name, {}).get(spec.name)
             if pick is None:  # the first (search) seed picks hyper-parameters on its validation split
                 pick = searches[sc.name][spec.name] = _choose(cfg, spec, trainer, original, forget, retain, validation,
@@ -359,47 +394,33 @@ def _run_seed(cfg: CompareConfig, ds, seed: int, work: Path, searches: dict, bar
                                       jax.random.fold_in(key, j)))
             bar.update()
         for s, root in ensembles.items():
-            rows.append(_sisa_row(ev, seed, sc, s, root, work / f"forget-sisa{s}"))
-            bar.update()
+            bar.set_description(f"compare {cfg.name}: seed {seed}, {sc.name}, SISA S={s}")
+            rows += _sisa_rows(ev, seed, sc, s, root, archs[f"S={s}"], train, work)
+            bar.update(2)
     return rows, facts
 
 
-def _shadows(wd, trainer, train, ds) -> dict:
-    """LiRA's shadow models: one SISA run's constituents (before any deletion), their log-probs on
-    D and on the test split, and which constituent trained on which example of D."""
-    from sisa import serve
-    from sisa.eval import metrics
-
-    members = serve.constituents(wd)
-    store = wd.store()
-    shard_of = store.shard[np.searchsorted(store.ids, train.ids)]
-    return {
-        "train": metrics.ensemble_log_probs(trainer, members.params, train.x),
-        "test": metrics.ensemble_log_probs(trainer, members.params, ds.x_test),
-        "train_in": np.asarray(members.shards)[:, None] == shard_of[None, :],
-    }
-
-
 def _reference_rows(ev, seed, sc, trainer, original, forget, retain, retain_ids, key) -> list[dict]:
-    """The gold standard (retrained by the engine) and the original model."""
+    """The monolithic gold standard (retrained by the engine) and the original model."""
     from sisa.unlearn.baselines import BASELINES
 
     gold = BASELINES["retrain"](trainer, original, forget, retain, key=key, retain_ids=retain_ids)
     gold_lp = ev.single(gold.params)
-    ev.gold = (gold_lp, ev.metrics(gold_lp, None))
-    return [_row(seed, sc, GOLD, "gold", ev.metrics(gold_lp, gold_lp), gold.seconds, gold.compile_seconds,
-                 gold.examples_passes, {}),
-            _row(seed, sc, ORIGINAL, "original", ev.metrics(ev.single(original), gold_lp), 0.0, 0.0, 0, {})]
+    ev.references[GOLD] = gold_lp
+    return [_row(seed, sc, GOLD, "gold", GOLD, ORIGINAL, ev.metrics(gold_lp, "monolithic", GOLD), gold.seconds,
+                 gold.compile_seconds, gold.examples_passes, {}),
+            _row(seed, sc, ORIGINAL, "original", GOLD, ORIGINAL, ev.metrics(ev.single(original), "monolithic", GOLD),
+                 0.0, 0.0, 0, {})]
 
 
 def _choose(cfg, spec, trainer, original, forget, retain, validation, key) -> dict:
     from sisa.unlearn.baselines import search
     from sisa.unlearn.baselines.search import split
 
-    found = {"best": {}, "trials": []}
+    found = {"best": {}, "eligible": None, "original": None, "trials": []}
     if spec.grid:
         found = search(spec.name, trainer, original, forget, retain, validation, spec.grid, budget=spec.budget,
-                       hparams=spec.hparams, key=key, weight=cfg.search_weight)
+                       hparams=spec.hparams, key=key, utility_margin=cfg.utility_margin)
     budget, hp = split(found["best"], spec.budget)
     return {**found, "budget": dataclasses.asdict(budget), "hparams": {**spec.hparams, **hp}}
 
@@ -408,79 +429,98 @@ def _baseline_row(ev, seed, sc, name, pick, trainer, original, forget, retain, k
     from sisa.unlearn.baselines import BASELINES
 
     res = BASELINES[name](trainer, original, forget, retain, Budget(**pick["budget"]), key, **pick["hparams"])
-    return _row(seed, sc, name, "baseline", ev.metrics(ev.single(res.params), ev.gold[0]), res.seconds,
-                res.compile_seconds, res.examples_passes, res.hparams)
+    return _row(seed, sc, name, "baseline", GOLD, ORIGINAL, ev.metrics(ev.single(res.params), "monolithic", GOLD),
+                res.seconds, res.compile_seconds, res.examples_passes, res.hparams)
 
 
-def _sisa_row(ev, seed, sc, shards, root, copy) -> dict:
-    """`sisa.forget` on a copy of the trained ensemble; its outputs are the aggregated ensemble."""
+def _sisa_rows(ev, seed, sc, shards, root, engine, train, work: Path) -> list[dict]:
+    """SISA S before the forget (its no-op), retrained from scratch on D \\ K (its gold), and
+    `sisa.forget(K)` on a copy of the trained ensemble, with its largest output difference from
+    that gold (0 when exact)."""
     import sisa
-    from sisa import serve
     from sisa.eval.timing import Stopwatch
-    from sisa.workdir import Workdir
 
+    name, gold_name, noop_name = sisa_names(shards)
+    arch = f"S={shards}"
+    gold_root, copy = work / f"gold-sisa{shards}", work / f"forget-sisa{shards}"
+    shutil.rmtree(gold_root, ignore_errors=True)
+    with Stopwatch() as gold_sw:
+        gold_rep = sisa.train(gold_root, engine, dataset=train.without(sc.ids), progress=False)
+    gold_lp = ev.ensemble(gold_root)
+    shutil.rmtree(gold_root, ignore_errors=True)
+    ev.references[gold_name] = gold_lp
+    rows = [_row(seed, sc, gold_name, "sisa-gold", gold_name, noop_name, ev.metrics(gold_lp, arch, gold_name),
+                 gold_sw.seconds, gold_sw.compile_seconds, gold_rep["examples_epochs"], {"shards": shards}),
+            _row(seed, sc, noop_name, "sisa-original", gold_name, noop_name,
+                 ev.metrics(ev.ensemble(root), arch, gold_name), 0.0, 0.0, 0, {"shards": shards})]
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(root, copy)
     try:
         with Stopwatch() as sw:
             rep = sisa.forget(copy, sc.ids.tolist(), progress=False)
-        wd = Workdir.open(copy)
-        lp = ev.ensemble(wd.trainer, serve.constituents(wd).params)
+        lp = ev.ensemble(copy)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
     cost = {"shards_retrained": len(rep["affected_shards"]),
             "work_fraction": rep["examples_epochs_retrained"] / max(rep["examples_epochs_full_retrain"], 1)}
-    return _row(seed, sc, f"SISA S={shards} (exact)", "sisa", {**ev.metrics(lp, ev.gold[0]), **cost}, sw.seconds,
-                sw.compile_seconds, rep["examples_epochs_retrained"], {"shards": shards})
+    rows.append(_row(seed, sc, name, "sisa", gold_name, noop_name, {**ev.metrics(lp, arch, gold_name), **cost},
+                     sw.seconds, sw.compile_seconds, rep["examples_epochs_retrained"], {"shards": shards}))
+    return rows
 
 
 class _Evaluator:
-    """Outputs of a model on the scenario's splits, and every metric computed from them."""
+    """Outputs of a model on one scenario's splits, and every metric computed from them.
 
-    def __init__(self, trainer, forget, retain, test, shadow, is_forget):
-        from sisa.eval import mia
+    The attacks tell K (members of the original training set) from non-members of K's classes:
+    the test examples of those classes (for a forgotten class, that class's test examples), so
+    that an AUC measures membership, not how hard a class is."""
 
-        self.trainer, self.gold = trainer, None
-        self.x = {"forget": forget[0], "retain": retain[0], "test": test[0]}
-        self.y = {"forget": forget[1], "retain": retain[1], "test": test[1]}
-        # Attacks: K (members of the original training set) against the test split (non-members).
-        self.shadow_phi = np.concatenate([mia.logit_confidence(shadow["train"][:, is_forget], forget[1]),
-                                          mia.logit_confidence(shadow["test"], test[1])], axis=1)
-        self.shadow_in = np.concatenate([shadow["train_in"][:, is_forget],
-                                         np.zeros(shadow["test"].shape[:2], bool)], axis=1)
+    def __init__(self, trainer, forget, retain, ds, forget_rows, shadows):
+        self.trainer, self.shadows, self.references = trainer, shadows, {}
+        classes = np.unique(forget[1])
+        kept = np.isin(ds.y_test, np.unique(retain[1]))
+        same = np.isin(ds.y_test, classes)
+        self.x = {"forget": forget[0], "retain": retain[0], "test": ds.x_test, "nonmember": ds.x_test[same]}
+        self.y = {"forget": forget[1], "retain": retain[1], "test": ds.y_test, "nonmember": ds.y_test[same]}
+        self.kept = kept
+        # Pool columns (sisa.eval.shadows.pool): training rows first, then the test split's.
+        self.pool_index = np.concatenate([forget_rows, len(ds.ids) + np.flatnonzero(same)])
 
     def single(self, params) -> dict:
         from sisa.eval import metrics
 
         return {k: metrics.log_probs(self.trainer, params, x) for k, x in self.x.items()}
 
-    def ensemble(self, trainer, stacked) -> dict:
-        from sisa.eval import metrics
+    def ensemble(self, root) -> dict:
+        return {k: _outputs(root, x) for k, x in self.x.items()}
 
-        return {k: metrics.softmax_mean(metrics.ensemble_log_probs(trainer, stacked, x)) for k, x in self.x.items()}
-
-    def metrics(self, lp: dict, gold_lp: dict | None) -> dict:
+    def metrics(self, lp: dict, arch: str, reference: str) -> dict:
+        """Accuracy, loss, attacks (with `arch`'s shadows), and distance to `reference`'s outputs."""
         from sisa.eval import metrics, mia
 
-        out = metrics.outputs_metrics(lp, self.y, gold_lp)
-        lf, lr = lp["forget"], lp["test"]
-        yf, yr = self.y["forget"], self.y["test"]
-        out["mia_loss_auc"] = mia.loss_attack(metrics.losses(lf, yf), metrics.losses(lr, yr))
-        phi = np.concatenate([mia.logit_confidence(lf, yf), mia.logit_confidence(lr, yr)])
-        scores = mia.lira_scores(phi, self.shadow_phi, self.shadow_in)
-        out["mia_lira_auc"] = mia.auc(scores[: len(yf)], scores[len(yf):])
-        if self.gold is not None:
-            g = self.gold[1]
-            out["mia_loss_gap"] = abs(out["mia_loss_auc"] - g["mia_loss_auc"])
-            out["mia_lira_gap"] = abs(out["mia_lira_auc"] - g["mia_lira_auc"])
-        else:
-            out["mia_loss_gap"] = out["mia_lira_gap"] = 0.0
+        out = metrics.outputs_metrics({k: lp[k] for k in ("forget", "retain", "test")}, self.y)
+        out["acc_test_kept"] = metrics.accuracy(lp["test"][self.kept], self.y["test"][self.kept])
+        loss_f = metrics.losses(lp["forget"], self.y["forget"])
+        out["forget_loss"] = float(loss_f.mean())
+        n = len(loss_f)
+        out["mia_loss_auc"] = mia.loss_attack(loss_f, metrics.losses(lp["nonmember"], self.y["nonmember"]))
+        phi = np.concatenate([mia.logit_confidence(lp["forget"], self.y["forget"]),
+                              mia.logit_confidence(lp["nonmember"], self.y["nonmember"])])
+        shadow_phi, inside = self.shadows[arch].columns(self.pool_index)
+        for variant, online in (("offline", False), ("online", True)):
+            scores = mia.lira_scores(phi, shadow_phi, inside, online=online)
+            out[f"mia_lira_{variant}_auc"] = mia.auc(scores[:n], scores[n:])
+        ref = self.references[reference]
+        for k in ("test", "forget"):
+            out[f"agree_{k}"] = metrics.agreement(lp[k], ref[k])
+            out[f"kl_{k}"] = metrics.mean_kl(lp[k], ref[k])
+        out["max_abs_diff"] = float(max(np.abs(lp[k] - ref[k]).max(initial=0.0) for k in ("test", "forget")))
         return out
 
 
-def _row(seed, sc, method, kind, m, seconds, compile_seconds, examples, extra) -> dict:
-    return {"seed": seed, "scenario": sc.name, "method": method, "kind": kind, **m,
-            "wall_seconds": seconds, "compile_seconds": compile_seconds,
+def _row(seed, sc, method, kind, reference, noop, m, seconds, compile_seconds, examples, extra) -> dict:
+    return {"seed": seed, "scenario": sc.name, "method": method, "kind": kind, "reference": reference, "noop": noop,
+            **m, "wall_seconds": seconds, "compile_seconds": compile_seconds,
             "seconds": max(seconds - compile_seconds, 0.0), "examples_passes": int(examples), "extra": extra}
 
 

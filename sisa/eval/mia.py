@@ -1,19 +1,19 @@
 """Membership-inference attacks that measure what a model still reveals about the forget set.
 
-Both attacks score examples (higher = "more likely a training member") and are summarised
-by the ROC AUC of telling the forget set (positives: they WERE in the original training set)
-from reference non-members (negatives). 0.5 = indistinguishable; the gold standard (a model
-retrained without the forget set) sets the target an unlearning method should reach.
+Each attack scores examples (higher = "more likely a training member") and is summarised by
+the ROC AUC of telling the forget set (positives: they WERE in the original training set) from
+reference non-members of the same classes (negatives: never trained on). 0.5 = indistinguishable;
+the gold standard (a model retrained without the forget set) sets the target an unlearning
+method should reach.
 
 * `loss_attack`: score = -loss (Yeom et al. 2018; a global loss threshold swept by the ROC).
-* `lira_scores`: LiRA (Carlini et al. 2022) with SISA constituents as shadow models. Each
-  constituent trained on one known, disjoint shard, so for every training example there are
-  shadows that saw it (its shard's) and S-1 that did not; for unseen examples, all S are out.
-  The statistic is the logit-scaled confidence φ = log p(y|x) - log(1 - p(y|x)). Offline
-  (default): z = (φ_target - μ_out) / σ_out per example, with σ_out pooled over examples
-  ("fixed variance", as LiRA recommends with few shadows). Online: the log likelihood ratio
-  of N(μ_in, σ_in) against N(μ_out, σ_out); examples without an in-shadow use μ_out plus the
-  mean in-out shift.
+* `lira_scores`: LiRA (Carlini et al. 2022). Shadow models of the target's own architecture are
+  trained on random halves of a data pool (`balanced_masks`: every example is in exactly half
+  of them), so every example has shadows that saw it and shadows that did not. The statistic is
+  the logit-scaled confidence φ = log p(y|x) - log(1 - p(y|x)). Offline: z = (φ_target - μ_out)
+  / σ_out from the out-shadows only; online: the log likelihood ratio of N(μ_in, σ_in) against
+  N(μ_out, σ_out). μ is per example; σ is pooled over examples ("fixed variance", which LiRA
+  recommends with fewer than ~64 shadows). `sisa.eval.shadows` trains the shadows.
 """
 
 from __future__ import annotations
@@ -51,6 +51,15 @@ def logit_confidence(lp: np.ndarray, y: np.ndarray) -> np.ndarray:
     own = np.where(onehot, lp, -np.inf).max(axis=-1)
     rest = logsumexp(np.where(onehot, -np.inf, lp), axis=-1)
     return own - rest
+
+
+def balanced_masks(shadows: int, examples: int, rng: np.random.Generator) -> np.ndarray:
+    """[shadows, examples] bool: shadow s trains on example n. Each example is in exactly half
+    of the shadows (LiRA's design: as many in- as out-models per example); `shadows` must be even."""
+    if shadows < 2 or shadows % 2:
+        raise ValueError(f"LiRA needs an even number of shadow models >= 2, got {shadows}")
+    order = np.argsort(rng.random((shadows, examples)), axis=0)  # a random permutation per example
+    return order < shadows // 2
 
 
 def lira_scores(target_phi, shadow_phi, in_mask, *, online: bool = False) -> np.ndarray:

@@ -49,10 +49,15 @@ def paired(a, b, level: float = LEVEL) -> dict:
     return out
 
 
+def missing(v) -> bool:
+    """NaN, or None (how strict JSON keeps a NaN)."""
+    return v is None or bool(np.isnan(v))
+
+
 def fmt(ci: dict, digits: int = 3) -> str:
     """"0.912 ± 0.004" (mean ± half-width), or the mean alone when there is no interval."""
-    if ci["n"] == 0 or np.isnan(ci["mean"]):
+    if ci["n"] == 0 or missing(ci["mean"]):
         return "–"
-    if np.isnan(ci["half"]):
+    if missing(ci["half"]):
         return f"{ci['mean']:.{digits}f}"
     return f"{ci['mean']:.{digits}f} ± {ci['half']:.{digits}f}"

@@ -10,7 +10,7 @@ import pytest
 import sisa
 from sisa.aggregate import softmax_mean
 from sisa.errors import SisaError
-from sisa.eval import compare, metrics, mia
+from sisa.eval import compare, compare_report, metrics, mia
 from sisa.eval.timing import Stopwatch
 from sisa.workdir import Workdir
 from tests.conftest import blobs
@@ -37,8 +37,8 @@ def test_lira_calibrates_per_example_difficulty():
     n, shadows = 2000, 8
     difficulty = rng.normal(0, 5, n)
     member = rng.random(n) < 0.5
-    in_mask = np.zeros((shadows, n), bool)
-    in_mask[rng.integers(0, shadows, n), np.arange(n)] = True  # each example in one disjoint shard
+    in_mask = mia.balanced_masks(shadows, n, rng)  # each example in half of the shadows
+    assert (in_mask.sum(0) == shadows // 2).all()
     shadow_phi = difficulty + 2.0 * in_mask + rng.normal(0, 0.3, (shadows, n))
     target_phi = difficulty + 2.0 * member + rng.normal(0, 0.3, n)
     global_auc = mia.auc(target_phi[member], target_phi[~member])
@@ -96,7 +96,7 @@ def test_stopwatch_separates_compilation():
 
 
 TINY = {
-    "name": "tiny", "seeds": [0], "validation_fraction": 0.15,
+    "name": "tiny", "seeds": [0, 1], "validation_fraction": 0.15, "shadows": 4,
     "forget": {"random": [0.1], "class": True},
     "sisa": {"shards": [2], "slices": 2},
     "data": {"dataset": "blobs"}, "model": {"hidden": [16]},
@@ -118,18 +118,100 @@ def test_compare_end_to_end_writes_report_results_and_plots(tmp_path):
     results = json.loads((d / "results.json").read_text())
     assert out["results"] == str(d / "results.json")
     assert set(results["summary"]) == {"random 10%", "class"}
-    methods = set(results["summary"]["class"])
-    assert methods == {compare.GOLD, compare.ORIGINAL, "fine_tune", "grad_ascent", "SISA S=2 (exact)"}
-    for row in results["rows"]:
-        if row["method"] == compare.GOLD:
-            assert row["mia_loss_gap"] == 0 and row["agree_test"] == 1.0
-    cls = results["summary"]["class"]
-    assert cls["SISA S=2 (exact)"]["acc_forget"]["mean"] == 0.0  # exact: the class is gone
-    assert cls[compare.GOLD]["acc_forget"]["mean"] == 0.0
-    assert results["search"]["class"]["fine_tune"]["best"]["learning_rate"] in (1e-3, 1e-2)
+    exact, sisa_gold, noop = compare.sisa_names(2)
+    assert set(results["summary"]["class"]) == {compare.GOLD, compare.ORIGINAL, "fine_tune", "grad_ascent",
+                                                 exact, sisa_gold, noop}
+    rows = results["rows"]
+    assert {r["seed"] for r in rows} == {0, 1}
+    for row in rows:
+        if row["method"] in (compare.GOLD, sisa_gold):
+            assert row["max_abs_diff"] == 0 and row["agree_test"] == 1.0
+        if row["method"] == exact:  # measured, not assumed: forget(train(D), K) == train(D \ K)
+            assert row["max_abs_diff"] == 0.0 and row["reference"] == sisa_gold
+        for k in compare_report.ATTACKS:
+            assert 0 <= row[k] <= 1
+    # Non-members of the forgotten class's own: to a model that never saw the class, K looks like them.
+    # (Against the whole test split, the gold's loss-attack AUC here would be near 0: class difficulty.)
+    for row in rows:
+        if row["scenario"] == "class" and row["method"] == compare.GOLD:
+            assert row["mia_loss_auc"] > 0.25
+    for sc in results["summary"].values():  # doing nothing never passes for retraining
+        for m in (compare.ORIGINAL, noop):
+            assert sc[m]["verdict"]["result"] != "indistinguishable"
+        assert sc[exact]["vs_reference"]["acc_test"]["mean"] == 0.0
+    assert out["verdicts"]["class"][exact] in ("indistinguishable", "inconclusive")
+    trials = results["search"]["class"]["fine_tune"]["trials"]
+    assert len(trials) == 2 and all({"utility", "progress", "eligible"} <= set(t) for t in trials)
     report = (d / "report.md").read_text()
-    assert "| method |" in report and "## Definitions" in report and "## Exact config" in report
-    assert "SISA S=2 (exact)" in report and compare.GOLD in report
+    for part in ("## Verdicts", "| method |", "## Definitions", "## Exact config", exact, compare.GOLD,
+                 "95% CI", "LiRA online"):
+        assert part in report, part
+
+
+def _rows(method, kind, values_per_seed, reference=compare.GOLD, noop=compare.ORIGINAL):
+    return [{"seed": s, "scenario": "sc", "method": method, "kind": kind, "reference": reference, "noop": noop,
+             **v} for s, v in enumerate(values_per_seed)]
+
+
+def test_verdicts_need_utility_forgetting_and_attack_equivalence():
+    rng = np.random.default_rng(0)
+    n = 6
+
+    def seed_values(acc, loss, auc):
+        return [{"acc_test": a, "acc_test_kept": a, "acc_forget": a, "forget_loss": lo, "seconds": 1.0,
+                 "max_abs_diff": 0.0, **{k: u for k in compare_report.ATTACKS}} for a, lo, u in zip(acc, loss, auc)]
+
+    acc, gold_loss, auc = 0.9 + rng.normal(0, 0.005, n), 1.0 + rng.normal(0, 0.05, n), 0.5 + rng.normal(0, 0.02, n)
+    noop_loss, noop_auc = gold_loss - 0.5, auc + 0.1
+    rows = (_rows(compare.GOLD, "gold", seed_values(acc, gold_loss, auc))
+            + _rows(compare.ORIGINAL, "original", seed_values(acc + 0.01, noop_loss, noop_auc))
+            + _rows("perfect", "baseline", seed_values(acc, gold_loss, auc))
+            + _rows("wrecks", "baseline", seed_values(acc - 0.3, gold_loss, auc))
+            + _rows("too loud", "baseline", seed_values(acc, gold_loss + 3, auc - 0.3)))
+    summary = compare_report.summarize(rows, 0.02)["sc"]
+    assert summary["perfect"]["verdict"]["result"] == "indistinguishable"
+    assert summary[compare.ORIGINAL]["verdict"]["result"] == "distinguishable"
+    assert any("forgetting" in w for w in summary[compare.ORIGINAL]["verdict"]["why"])
+    assert any("utility" in w for w in summary["wrecks"]["verdict"]["why"])
+    assert any("AUC" in w for w in summary["too loud"]["verdict"]["why"])
+    assert "verdict" not in summary[compare.GOLD]
+    # When retraining itself does not move the forget set, nothing can be shown to forget.
+    flat = (_rows(compare.GOLD, "gold", seed_values(acc, gold_loss, auc))
+            + _rows(compare.ORIGINAL, "original", seed_values(acc, gold_loss + rng.normal(0, 0.05, n), auc))
+            + _rows("perfect", "baseline", seed_values(acc, gold_loss, auc)))
+    assert compare_report.summarize(flat, 0.02)["sc"]["perfect"]["verdict"]["result"] == "inconclusive"
+
+
+def test_search_objective_is_won_by_neither_a_no_op_nor_a_wrecked_model():
+    from sisa.unlearn.baselines.search import pick, progress
+
+    original = {"utility": 0.9, "gap": -0.4, "leak": float("nan")}
+    assert progress(original, original) == 0.0  # doing nothing
+    assert progress({**original, "gap": 0.0}, original) == 1.0  # the forget set looks unseen
+    assert progress({**original, "gap": 0.8}, original) == -1.0  # overshoot is not better
+    cls = {"utility": 0.9, "gap": -0.4, "leak": 0.95}
+    assert progress({**cls, "leak": 0.0}, cls) == 1.0
+    trials = [{"utility": 0.9, "progress": 0.0, "eligible": True},  # no-op
+              {"utility": 0.5, "progress": 1.0, "eligible": False},  # wrecked
+              {"utility": 0.89, "progress": 0.6, "eligible": True}]
+    assert pick(trials) == 2
+    none_eligible = [{"utility": 0.5, "progress": 1.0, "eligible": False},
+                     {"utility": 0.7, "progress": 0.2, "eligible": False}]
+    assert pick(none_eligible) == 1  # least destructive
+
+
+def test_t_intervals_and_paired_differences():
+    from sisa.eval import stats
+
+    ci = stats.mean_ci([1.0, 2.0, 3.0])
+    assert ci["mean"] == 2.0 and abs(ci["half"] - 4.302653 / np.sqrt(3)) < 1e-5 and ci["lo"] < 2 < ci["hi"]
+    same = stats.paired([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+    assert same["mean"] == 0 and same["half"] == 0 and same["p"] == 1.0
+    shifted = stats.paired([1.1, 2.0, 3.2, 4.1], [1.0, 1.8, 3.0, 4.0])
+    assert shifted["lo"] > 0 and shifted["p"] < 0.05
+    assert np.isnan(stats.mean_ci([0.5])["half"]) and stats.fmt(stats.mean_ci([0.5])) == "0.500"
+    with pytest.raises(ValueError):
+        stats.paired([1.0], [1.0, 2.0])
 
 
 def test_compare_never_writes_over_results_and_has_a_quick_budget(tmp_path):
@@ -141,8 +223,8 @@ def test_compare_never_writes_over_results_and_has_a_quick_budget(tmp_path):
     assert (out / "report.md").read_text() == "committed"
     q = compare.quick(compare.from_dict({**TINY, "seeds": [0, 1, 2], "forget": {"random": [0.1, 0.01], "class": True},
                                          "sisa": {"shards": [2, 4], "slices": 2}}))
-    assert q.seeds == (0,) and q.forget_fractions == (0.01,) and not q.forget_class and q.sisa_shards == (2,)
-    assert all(len(v) == 1 for m in q.methods for v in m.grid.values())
+    assert q.seeds == (0, 1) and q.shadows == 4 and q.forget_fractions == (0.01,) and not q.forget_class and q.sisa_shards == (2,)
+    assert all(len(v) <= 2 for m in q.methods for v in m.grid.values())
 
 
 def test_compare_config_schema(tmp_path):
@@ -160,6 +242,7 @@ def test_compare_config_schema(tmp_path):
         {**TINY, "partition": {"shards": 4}},
         {**TINY, "train": {"epochs": 3, "bogus": 1}},
         {**TINY, "forget": {"random": [1.5]}},
+        {**TINY, "shadows": 3},
         {**TINY, "sisa": {"shards": [2], "shadow_shards": 3}},
     ]
     for d in bad:

@@ -130,7 +130,11 @@ def test_search_picks_a_grid_point_on_validation(setup):
     grid = {"learning_rate": [1e-5, 1e-3], "forget_weight": [1.0]}
     found = search("grad_diff", s["trainer"], s["params"], s["forget"], s["retain"], validation, grid)
     assert found["best"] in [t["point"] for t in found["trials"]] and len(found["trials"]) == 2
-    best = max(found["trials"], key=lambda t: t["score"])
-    assert found["best"] == best["point"]
+    chosen = next(t for t in found["trials"] if t["point"] == found["best"])
+    for t in found["trials"]:  # the pick: eligible first, then the most forgetting progress
+        assert t["eligible"] == (t["utility"] >= found["original"]["utility"] - 0.02)
+        if t["eligible"] and chosen["eligible"]:
+            assert chosen["progress"] >= t["progress"]
+    assert found["eligible"] == chosen["eligible"]
     with pytest.raises(SisaError, match="unknown"):
         search("grad_diff", s["trainer"], s["params"], s["forget"], s["retain"], validation, {"lr": [1.0]})

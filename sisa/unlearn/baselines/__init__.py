@@ -13,7 +13,7 @@ from sisa.unlearn.baselines import (
     bad_teacher, fine_tune, fisher, grad_ascent, grad_diff, l1_sparse, npo, random_labels, retrain, salun, scrub,
 )
 from sisa.unlearn.baselines.common import Budget, Result
-from sisa.unlearn.baselines.search import search, validation_score
+from sisa.unlearn.baselines.search import search, validation_numbers
 
 BASELINES = {
     "retrain": retrain.unlearn,
@@ -29,4 +29,4 @@ BASELINES = {
     "fisher": fisher.unlearn,
 }
 
-__all__ = ["BASELINES", "Budget", "Result", "search", "validation_score"]
+__all__ = ["BASELINES", "Budget", "Result", "search", "validation_numbers"]
