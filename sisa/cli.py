@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"slices per shard, one stage each ({run % 'partition.slices'})")
     t.add_argument("--epochs", type=_flag("train.epochs"), help=f"training epochs ({run % 'train.epochs'})")
     t.add_argument("--seed", type=_flag("train.seed"), help=f"seed of the partition and of training ({run % 'train.seed'})")
-    t.add_argument("--model", help="mlp, cnn, transformer, transformer_lm, or your own Flax NNX module as "
+    t.add_argument("--model", help="mlp, cnn, resnet18, transformer, transformer_lm, or your own Flax NNX module as "
                                    f"package.module:Class ({run % 'model.name'})")
     t.add_argument("--strategy", choices=["uniform", "stratified", "grouped"],
                    help=f"how examples are spread over shards ({run % 'partition.strategy'})")

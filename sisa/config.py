@@ -41,7 +41,7 @@ class PartitionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    # mlp | cnn | transformer | transformer_lm, or "package.module:Class" (sisa.models: the contract)
+    # mlp | cnn | resnet18 | transformer | transformer_lm, or "package.module:Class" (sisa.models: the contract)
     name: str = "mlp"
     hidden: tuple[int, ...] = (128,)  # MLP hidden widths / CNN channels / transformer width per block
     dropout: float = 0.0
@@ -162,7 +162,7 @@ _CHOICES = {
     "aggregation": ("aggregation", AGGREGATIONS),
 }
 MAX_WIDTH = 2**16  # one entry of model.hidden
-BUILTIN_MODELS = ("mlp", "cnn", "transformer", "transformer_lm")
+BUILTIN_MODELS = ("mlp", "cnn", "resnet18", "transformer", "transformer_lm")
 _USER_MODEL = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 

@@ -185,7 +185,7 @@ CASES = [
     ("cfg-one-class", T, lambda c: ["train", "--workdir", c.new, "--config", c.config("[data]\nnum_classes = 1\n")],
      "data.num_classes must be an integer from 2"),
     ("cfg-unknown-model", T, lambda c: ["train", "--workdir", c.new, "--config", c.config("[model]\nname = 'vit'\n")],
-     "unknown model 'vit' (model.name: one of mlp, cnn, transformer, transformer_lm, or your own"),
+     "unknown model 'vit' (model.name: one of mlp, cnn, resnet18, transformer, transformer_lm, or your own"),
     ("cfg-unknown-optimizer", T, lambda c: ["train", "--workdir", c.new, "--config", c.config("[train]\noptimizer = 1\n")],
      "unknown optimizer 1"),
     ("cfg-unknown-key", T, lambda c: ["train", "--workdir", c.run, "--config", c.config("[train]\nepochz = 3\n")],

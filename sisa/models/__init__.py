@@ -41,12 +41,16 @@ def _builtin(name: str) -> type:
         from sisa.models.cnn import CNN
 
         return CNN
+    if name == "resnet18":
+        from sisa.models.resnet import ResNet18
+
+        return ResNet18
     from sisa.models import transformer
 
     return {"transformer": transformer.Transformer, "transformer_lm": transformer.TransformerLM}[name]
 
 
-BUILTIN = ("mlp", "cnn", "transformer", "transformer_lm")
+BUILTIN = ("mlp", "cnn", "resnet18", "transformer", "transformer_lm")
 TEXT_MODELS = ("transformer", "transformer_lm")
 
 

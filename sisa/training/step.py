@@ -70,7 +70,7 @@ class ShardTrainer:
     @functools.cached_property
     def _abstract_model(self):
         name = self.cfg.model.name
-        if self.vocab_size is not None and name in ("mlp", "cnn"):
+        if self.vocab_size is not None and name in ("mlp", "cnn", "resnet18"):
             raise SisaError(f"model {name!r} takes numeric features, and this data set is text: use model.name = "
                             "\"transformer\" (classify) or \"transformer_lm\" (lm), or your own model", kind="bad_input")
         if self.vocab_size is None and name in models.TEXT_MODELS:
