@@ -350,10 +350,10 @@ def test_saver_finishes_before_a_training_error_leaves(tmp_path, tiny_cfg, ds, m
         def __getattr__(self, name):
             return getattr(self._ens, name)
 
-        def epoch(self, states, data, shard_ids, stage, epoch, active):
+        def epoch(self, states, data, shard_ids, seed, stage, epoch, active):
             if stage == 1:
                 raise RuntimeError("boom in stage 1")
-            return self._ens.epoch(states, data, shard_ids, stage, epoch, active)
+            return self._ens.epoch(states, data, shard_ids, seed, stage, epoch, active)
 
     def slow_save(stage, items):
         started.extend((ckpt.shard, stage) for ckpt, _, _ in items)

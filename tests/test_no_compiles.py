@@ -45,7 +45,7 @@ def _requests(store, shards: int, batch_size: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("devices", [1, 2])
 def test_fresh_process_forgets_and_predicts_without_compiling(tiny_ds, tiny_cfg, tmp_path, monkeypatch, devices):
-    cfg = tiny_cfg.replace(train={"seed": 17 + devices})  # programs no other test compiled
+    cfg = tiny_cfg.replace(model={"hidden": (20 + devices,)})  # programs no other test compiled
     shards = cfg.partition.shards
     cache, run, reference = tmp_path / "programs", tmp_path / "run", tmp_path / "reference"
     monkeypatch.setenv("SISA_PRECOMPILE", "on")
@@ -86,6 +86,6 @@ def test_nothing_is_compiled_ahead_when_turned_off(tiny_ds, tiny_cfg, tmp_path, 
     monkeypatch.setenv("SISA_CACHE_DIR", "off" if how == "cache off" else str(tmp_path / "programs"))
     monkeypatch.setenv("SISA_PRECOMPILE", "off" if how != "cache off" else "on")
     compiled = aot.counts["compiled"]
-    sisa.train(tmp_path / "run", tiny_cfg.replace(train={"seed": 31 if how == "cache off" else 37}), dataset=tiny_ds,
+    sisa.train(tmp_path / "run", tiny_cfg.replace(model={"hidden": (31 if how == "cache off" else 37,)}), dataset=tiny_ds,
                progress=False)
     assert aot.counts["compiled"] - compiled == 2  # init and epoch, at the width and padding trained

@@ -51,7 +51,8 @@ def _sha(path) -> str:
 def runs(tiny_ds, tiny_cfg, tmp_path_factory):
     """Two configs that differ in learning rate only: cache-off results and genuine caches."""
     root = tmp_path_factory.mktemp("program-cache")
-    cfgs = {"a": tiny_cfg.replace(train={"seed": 101}), "b": tiny_cfg.replace(train={"seed": 101, "learning_rate": 3e-2})}
+    cfgs = {"a": tiny_cfg.replace(model={"hidden": (27,)}),
+            "b": tiny_cfg.replace(model={"hidden": (27,)}, train={"learning_rate": 3e-2})}
     out = {}
     for k, cfg in cfgs.items():
         reference = _train(root / f"off-{k}", cfg, tiny_ds, "off")

@@ -7,7 +7,7 @@ import pytest
 
 import sisa
 from sisa.data.store import Store
-from sisa.training.ensemble import Ensemble, ensemble_for, lane_bucket, unstack
+from sisa.training.ensemble import Ensemble, ensemble_for, lane_bucket, seed_arg, unstack
 from sisa.training.loop import lane_data
 from sisa.training.step import ShardTrainer
 from sisa.verification import final_digests
@@ -26,10 +26,12 @@ def setup(tiny_ds, tiny_cfg):
 def _train_lanes(trainer, store, lanes, epochs=2):
     ens = ensemble_for(trainer)
     data = lane_data(store, lanes, 128)
-    states = ens.init(jnp.asarray(lanes, jnp.int32))
+    seed = seed_arg(trainer.cfg.train.seed)
+    states = ens.init(jnp.asarray(lanes, jnp.int32), seed)
     for stage in range(trainer.cfg.partition.slices):
         for epoch in range(epochs):
-            states, _ = ens.epoch(states, data, jnp.asarray(lanes, jnp.int32), stage, epoch, jnp.ones(len(lanes), bool))
+            states, _ = ens.epoch(states, data, jnp.asarray(lanes, jnp.int32), seed, stage, epoch,
+                                  jnp.ones(len(lanes), bool))
     return unstack(states, len(lanes))
 
 
@@ -71,9 +73,11 @@ def test_all_padding_step_leaves_state_unchanged(setup):
 def test_inactive_lanes_are_untouched(setup):
     trainer, store = setup
     ens = Ensemble(trainer)
-    states = ens.init(jnp.arange(2, dtype=jnp.int32))
+    seed = seed_arg(trainer.cfg.train.seed)
+    states = ens.init(jnp.arange(2, dtype=jnp.int32), seed)
     before = unstack(states, 2)
-    after, _ = ens.epoch(states, lane_data(store, [0, 1], 128), jnp.arange(2, dtype=jnp.int32), 0, 0, jnp.array([True, False]))
+    after, _ = ens.epoch(states, lane_data(store, [0, 1], 128), jnp.arange(2, dtype=jnp.int32), seed, 0, 0,
+                         jnp.array([True, False]))
     after = unstack(after, 2)
     assert tree_equal(after[1], before[1]) and not tree_equal(after[0], before[0])
 
@@ -92,7 +96,7 @@ def _count_lowering(event: str, _secs: float, **_) -> None:
 
 
 def test_train_and_many_forgets_compile_few_programs(tiny_ds, tiny_cfg, tmp_path):
-    cfg = tiny_cfg.replace(train={"seed": 7})  # a trainer no other test compiled
+    cfg = tiny_cfg.replace(model={"hidden": (17,)})  # a trainer no other test compiled
     root = tmp_path / "run"
     jax.monitoring.register_event_duration_secs_listener(_count_lowering)
     # A trainer no other test built, so every program here is lowered and compiled, once each.
@@ -107,6 +111,23 @@ def test_train_and_many_forgets_compile_few_programs(tiny_ds, tiny_cfg, tmp_path
     assert ens.epoch.programs() == 2  # 3 lanes (train) + 2 lanes (every forget)
     assert ens.init.programs() == 1  # 2 lanes a call (Ensemble.init_width), whatever the width
     assert len(_LOWERINGS) <= 6, len(_LOWERINGS)  # those three, and no per-call helpers
+
+
+def test_another_seed_compiles_nothing_and_holds_no_new_program(tiny_ds, tiny_cfg, tmp_path):
+    """The seed is an argument of the programs, not a constant: a seed sweep (experiments, LiRA's
+    shadows) compiles once, and a long-lived process does not pile up executables."""
+    from sisa.training import aot
+
+    cfg = tiny_cfg.replace(model={"hidden": (23,)})
+    sisa.train(tmp_path / "a", cfg, dataset=tiny_ds, progress=False)
+    ens = ensemble_for(Workdir.open(tmp_path / "a").trainer, 1)
+    compiled, held = aot.counts["compiled"], ens.epoch.programs() + ens.init.programs()
+    for seed in (1, 2**32 - 1):
+        sisa.train(tmp_path / f"s{seed}", cfg.replace(train={"seed": seed}), dataset=tiny_ds, progress=False)
+        assert ensemble_for(Workdir.open(tmp_path / f"s{seed}").trainer, 1) is ens
+    assert aot.counts["compiled"] == compiled and ens.epoch.programs() + ens.init.programs() == held
+    a, b = (Workdir.open(tmp_path / r).checkpoints[0].restore(0)[0]["params"] for r in ("a", "s1"))
+    assert not tree_equal(a, b)  # and the seed still decides the model
 
 
 _FRESH_FORGET = """
@@ -128,7 +149,7 @@ def test_fresh_process_loads_stored_programs_and_gets_the_same_bits(tiny_ds, tin
     import subprocess
     import sys
 
-    cfg = tiny_cfg.replace(train={"seed": 11})  # programs no other test stored
+    cfg = tiny_cfg.replace(model={"hidden": (19,)})  # programs no other test stored
     a, b = tmp_path / "a", tmp_path / "b"
     sisa.train(a, cfg, dataset=tiny_ds, progress=False)
     shutil.copytree(a, b)
@@ -153,7 +174,7 @@ def test_damaged_stored_programs_are_compiled_afresh(tiny_ds, tiny_cfg, tmp_path
 
     cache = tmp_path / "programs"
     env = {**os.environ, "SISA_DEVICES": "1", "SISA_CACHE_DIR": str(cache)}
-    cfg = tiny_cfg.replace(train={"seed": 13})
+    cfg = tiny_cfg.replace(model={"hidden": (29,)})  # programs no other test holds
     a, b = tmp_path / "a", tmp_path / "b"
     sisa.train(a, cfg, dataset=tiny_ds, progress=False)
     shutil.copytree(a, b)

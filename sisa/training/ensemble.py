@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from sisa.training.aot import Program
-from sisa.training.step import ShardTrainer
+from sisa.training.step import ShardTrainer, seedless
 
 
 def lane_bucket(width: int, shards: int, devices: int = 1) -> int:
@@ -54,18 +54,19 @@ class Ensemble:
         # Lanes run one after another (`lax.map`), each through the same unbatched program: a
         # vmap's kernels change with its width, and so did the bits of some shapes (batch 32,
         # hidden 16: training 8 shards together and retraining 2 of them disagreed).
-        init = functools.partial(jax.lax.map, trainer.init)
+        def init(shard_ids, seed):
+            return jax.lax.map(lambda shard: trainer.init(shard, seed), shard_ids)
 
-        def epoch(states, data, shard_ids, stage, epoch, active):
-            return jax.lax.map(lambda lane: trainer.epoch(lane[0], lane[1], lane[2], stage, epoch, lane[3]),
+        def epoch(states, data, shard_ids, seed, stage, epoch, active):
+            return jax.lax.map(lambda lane: trainer.epoch(lane[0], lane[1], lane[2], stage, epoch, lane[3], seed),
                                (states, data, shard_ids, active))
         self.mesh = Mesh(np.array(jax.local_devices()[:devices]), ("ens",))  # this process's own
         self.lane_sharding = NamedSharding(self.mesh, P("ens"))
         if devices > 1:
             lanes = P("ens")
-            init = jax.shard_map(init, mesh=self.mesh, in_specs=lanes, out_specs=lanes, check_vma=False)
+            init = jax.shard_map(init, mesh=self.mesh, in_specs=(lanes, P()), out_specs=lanes, check_vma=False)
             epoch = jax.shard_map(
-                epoch, mesh=self.mesh, in_specs=(lanes, lanes, lanes, P(), P(), lanes), out_specs=(lanes, lanes),
+                epoch, mesh=self.mesh, in_specs=(lanes, lanes, lanes, P(), P(), P(), lanes), out_specs=(lanes, lanes),
                 check_vma=False,  # per-lane loops; nothing crosses devices
             )
         # Fixed shardings in and out: a call with freshly placed inputs and a call with the
@@ -73,9 +74,10 @@ class Ensemble:
         lane = self.lane_sharding
         key = trainer.identity  # devices: Program's own
         used = list(self.mesh.devices.flat)
-        self.init = Program("init", jax.jit(init, in_shardings=lane, out_shardings=lane), key, used)
+        self.init = Program("init", jax.jit(init, in_shardings=(lane, None), out_shardings=lane), key, used)
         self.epoch = Program("epoch", jax.jit(
-            epoch, in_shardings=(lane, lane, lane, None, None, lane), out_shardings=(lane, lane), donate_argnums=0), key, used)
+            epoch, in_shardings=(lane, lane, lane, None, None, None, lane), out_shardings=(lane, lane), donate_argnums=0),
+            key, used)
         outputs = jax.vmap(trainer.outputs, in_axes=(0, None))  # the task's serving outputs, per lane
         self._probabilities = Program("probabilities", jax.jit(outputs), key, used[:1])
         self._serving = jax.sharding.SingleDeviceSharding(used[0])  # where predict's models live
@@ -91,14 +93,14 @@ class Ensemble:
         """Lanes per call of `init`: the fewest any training takes, whatever it trains."""
         return self.width(1, shards)
 
-    def initial_states(self, shard_ids: list[int], shards: int) -> list:
+    def initial_states(self, shard_ids: list[int], shards: int, seed: int) -> list:
         """Each shard's initial state (host copies), `init_width` lanes a call: one init program
-        serves every number of shards (a lane's bits do not depend on the width)."""
+        serves every number of shards (a lane's bits do not depend on the width) and every seed."""
         width, out = self.init_width(shards), []
         for start in range(0, len(shard_ids), width):
             chunk = list(shard_ids[start : start + width])
             lanes = chunk + [chunk[0]] * (width - len(chunk))  # spare lanes repeat a shard, dropped
-            out += unstack(self.init(self.place(np.asarray(lanes, np.int32))), width)[: len(chunk)]
+            out += unstack(self.init(self.place(np.asarray(lanes, np.int32)), seed_arg(seed)), width)[: len(chunk)]
         return out
 
     def precompile(self, width: int, capacity: int, row: dict) -> str:
@@ -109,8 +111,8 @@ class Ensemble:
                 (width, *shape, *np.shape(a)), jax.dtypes.canonicalize_dtype(np.asarray(a).dtype),
                 sharding=self.lane_sharding), tree)
 
-        return self.epoch.precompile(lanes(self.trainer.abstract_state), lanes(row, capacity), lanes(np.int32(0)), 0, 0,
-                                     lanes(np.bool_(False)))
+        return self.epoch.precompile(lanes(self.trainer.abstract_state), lanes(row, capacity), lanes(np.int32(0)),
+                                     seed_arg(0), 0, 0, lanes(np.bool_(False)))
 
     @property
     def _input_dtype(self):
@@ -144,10 +146,23 @@ def serving_lanes(shards: int) -> int:
     return max(shards, 2)
 
 
-@functools.cache
+def seed_arg(seed: int) -> np.ndarray:
+    """train.seed as the programs take it: a uint32 scalar argument, not a constant."""
+    return np.uint32(seed)
+
+
 def ensemble_for(trainer: ShardTrainer, devices: int = 1) -> Ensemble:
-    """One Ensemble (and so one set of compiled programs) per process per trainer and mesh."""
+    """The Ensemble (and so the compiled programs) of `trainer` and the mesh: one per process for
+    every trainer that differs only in its seeds (`seedless`), which the calls pass."""
+    return _ensemble(seedless(trainer), devices)
+
+
+@functools.cache
+def _ensemble(trainer: ShardTrainer, devices: int) -> Ensemble:
     return Ensemble(trainer, devices)
+
+
+ensemble_for.cache_clear = _ensemble.cache_clear  # new Programs from the next call on (tests)
 
 
 def stack(states: list) -> dict:

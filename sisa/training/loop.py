@@ -24,7 +24,7 @@ from sisa.checkpoint import CheckpointCorrupted, ShardCheckpoints
 from sisa.faults import crash_point
 from sisa import cluster, runtime
 from sisa.training import aot
-from sisa.training.ensemble import ensemble_for, stack, unstack
+from sisa.training.ensemble import ensemble_for, seed_arg, stack, unstack
 
 BACKLOG = 2  # stages whose saves may wait behind the training
 
@@ -179,7 +179,7 @@ def _train_shards(wd, todo: list[int], *, progress: bool = True, gate=None) -> d
     lanes = todo + [todo[0]] * (width - len(todo))  # spare lanes repeat a shard, never active
     real = np.arange(width) < len(todo)
 
-    states = ens.initial_states(lanes, shards)
+    states = ens.initial_states(lanes, shards, cfg.train.seed)
     for lane, s in enumerate(todo):
         good = restore_latest_good(ckpts[s]) if latest[s] >= 0 else None
         if good is not None:
@@ -188,7 +188,7 @@ def _train_shards(wd, todo: list[int], *, progress: bool = True, gate=None) -> d
     report["stages_trained"] = {s: list(range(ckpts[s].latest() + 1, slices)) for s in todo}
     states = ens.place(stack(states))
     data = ens.place(lane_data(store, lanes, store.capacity(shards, cfg.train.batch_size)))
-    shard_ids = ens.place(np.asarray(lanes, np.int32))
+    shard_ids, seed = ens.place(np.asarray(lanes, np.int32)), seed_arg(cfg.train.seed)
     per_slice = store.counts(shards, slices)
     counts = per_slice.cumsum(axis=1)  # examples in slices 0..r per shard
     added = np.arange(slices) >= cfg.partition.slices  # the stages of `sisa add`'s slices
@@ -217,7 +217,7 @@ def _train_shards(wd, todo: list[int], *, progress: bool = True, gate=None) -> d
             )
             for epoch in range(epochs):
                 with gate() if gate is not None else contextlib.nullcontext():
-                    states, loss = ens.epoch(states, data, shard_ids, stage, epoch, ens.place(active))
+                    states, loss = ens.epoch(states, data, shard_ids, seed, stage, epoch, ens.place(active))
                     loss = np.asarray(loss)  # waits for the epoch: the bar shows real progress
                 bar.update(n)
                 crash_point("after-epoch")

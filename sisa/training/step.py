@@ -123,8 +123,8 @@ class ShardTrainer:
         return models.build(self.cfg.model, self.model_input_shape, self.num_classes, vocab_size=self.vocab_size,
                             rngs=nnx.Rngs(params=key))
 
-    def _root(self, shard):
-        return jax.random.fold_in(jax.random.key(self.cfg.train.seed), shard)
+    def _root(self, shard, seed):
+        return jax.random.fold_in(jax.random.key(self.cfg.train.seed if seed is None else seed), shard)
 
     @functools.cached_property
     def abstract_state(self):
@@ -142,10 +142,11 @@ class ShardTrainer:
         model_params = nnx.to_pure_dict(nnx.state(self._abstract_model, nnx.Param))
         return adapters.load_base(self.cfg.model.base, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), model_params))
 
-    def init(self, shard) -> State:
+    def init(self, shard, seed=None) -> State:
         """A shard's initial state: the model's parameters, or with a base its adapters (only
-        they are trained, and checkpointed)."""
-        key = jax.random.fold_in(self._root(shard), _INIT)
+        they are trained, and checkpointed). `seed`: train.seed, as a traced value (None: the
+        config's), so that one program serves every seed."""
+        key = jax.random.fold_in(self._root(shard, seed), _INIT)
         if self.base is not None:
             from sisa.models import adapters
 
@@ -186,18 +187,21 @@ class ShardTrainer:
         keep = mask.any()
         return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state), loss
 
-    def epoch(self, state: State, data: dict, shard, stage, epoch, active):
+    def epoch(self, state: State, data: dict, shard, stage, epoch, active, seed=None):
         """One epoch over the shard's slices 0..stage (nothing when not `active`).
 
         The order is a keyed hash of (id, seed, shard, stage, epoch): removing an example
-        leaves the relative order of the others unchanged. Returns (state, mean loss).
+        leaves the relative order of the others unchanged. `seed` as in `init`. Returns
+        (state, mean loss).
         """
+        seed = self.cfg.train.seed if seed is None else seed
         b = self.cfg.train.batch_size
         member = data["valid"] & (data["slice"] <= stage) & active
         n = member.sum()
-        keys = keyed_hash(data["ids"], self.cfg.train.seed, shard, stage, epoch, xp=jnp)
+        keys = keyed_hash(data["ids"], seed, shard, stage, epoch, xp=jnp)
         order = jnp.argsort(jnp.where(member, keys, _PAD_KEY), stable=True)
-        step_root = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self._root(shard), _STEP), stage), epoch)
+        step_root = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self._root(shard, seed), _STEP), stage),
+                                       epoch)
         batches = (n + b - 1) // b
 
         def body(t, carry):
@@ -230,3 +234,11 @@ def trainer_for(cfg: Config, input_shape: tuple[int, ...], num_classes: int, sca
                 vocab_size: int | None = None, task: str = "classify") -> ShardTrainer:
     """One trainer per process per (config, data shape): its traced shapes and programs are reused."""
     return ShardTrainer(cfg, input_shape, num_classes, scale, vocab_size, task)
+
+
+def seedless(trainer: ShardTrainer) -> ShardTrainer:
+    """The trainer whose programs serve `trainer` and every other seed: the seeds zeroed (the
+    programs take train.seed as an argument, and the partition seed only places data)."""
+    cfg = trainer.cfg.replace(train={"seed": 0}, partition={"seed": 0})
+    return trainer_for(cfg, trainer.input_shape, trainer.num_classes, trainer.scale, trainer.vocab_size,
+                       trainer.task_name)
