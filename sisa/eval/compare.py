@@ -256,8 +256,12 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
     Dataset) replaces the one the config names. Returns paths, wall time and the verdicts."""
     from sisa import runtime
     from sisa.data import datasets
+    from sisa.eval import bias_lm
     from sisa.experiments import fresh_dir
 
+    if bias_lm.wants(config):  # `experiment = "bias_lm"`: the language-model bias benchmark
+        return bias_lm.run(config, out_dir, progress=progress, overwrite=overwrite, short=short,
+                           keep_workdirs=keep_workdirs)
     if isinstance(config, (str, Path)):
         cfg, toml_text = load(config), Path(config).read_text()
     else:
@@ -291,7 +295,6 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
         if not keep_workdirs:
             shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - t0
-    summary = compare_report.summarize(rows, cfg.utility_margin)
     results = {
         "name": cfg.name,
         "config": to_dict(cfg),
@@ -303,13 +306,12 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
         "wall_seconds": wall,
         "seeds": facts,
         "search": searches,
-        "summary": summary,
         "rows": rows,
     }
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1, allow_nan=False))
-    plots = compare_report.write(json.loads((out / "results.json").read_text()), out)  # tables from the saved JSON
+    written = compare_report.rerender(out)  # every table from the saved rows
     return {"out_dir": str(out), "report": str(out / "report.md"), "results": str(out / "results.json"),
-            "plots": plots, "wall_seconds": wall, "verdicts": compare_report.verdicts(_jsonable(summary))}
+            "plots": written["plots"], "wall_seconds": wall, "verdicts": compare_report.verdicts(written["summary"])}
 
 
 def _bar(cfg, progress):

@@ -15,10 +15,12 @@ The verdict "indistinguishable from retraining" needs all three of:
   t-test, p < 0.05) in the direction retraining moves it. If retraining itself does not move it
   measurably, the scenario cannot tell forgetting from doing nothing: the verdict is
   "inconclusive" for every method that passes the other two;
-* equivalence on every attack (loss threshold, LiRA offline, LiRA online): the 95% interval of
-  the paired AUC difference (method - reference) lies within ± 1.96 × the reference's own
-  seed-to-seed standard deviation of that AUC (a two one-sided tests procedure whose margin is
-  how much retraining itself varies from one forget set and seed to the next).
+* equivalence on the forget set's mean loss and on every attack's AUC (loss threshold, LiRA
+  offline, LiRA online): the 95% interval of the paired difference (method - reference) lies
+  within ± 1.96 × the reference's own seed-to-seed standard deviation of that number (a two
+  one-sided tests procedure whose margin is how much retraining itself varies from one forget
+  set and seed to the next). The loss is there because an attack's AUC can match while the
+  forget set moved only part of the way retraining moves it.
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ from sisa.eval import stats
 
 PLOTS = ("attack_auc_vs_time.png", "test_accuracy_vs_time.png", "search_curves.png")
 ATTACKS = ("mia_loss_auc", "mia_lira_offline_auc", "mia_lira_online_auc")
+EQUIVALENCE = ("forget_loss", *ATTACKS)  # what must lie within the reference's spread
 METRICS = ("acc_test", "acc_test_kept", "acc_retain", "acc_forget", "forget_loss", "agree_test", "kl_test",
            "agree_forget", "kl_forget", "max_abs_diff", *ATTACKS, "seconds", "compile_seconds", "wall_seconds",
            "examples_passes", "shards_retrained", "work_fraction")
-PAIRED = ("acc_test", "acc_test_kept", "acc_forget", *ATTACKS, "seconds")
+PAIRED = ("acc_test", "acc_test_kept", "acc_forget", *EQUIVALENCE, "seconds")
 SPREAD = 1.96  # equivalence margin, in reference standard deviations
 ALPHA = 0.05  # forgetting floor: paired t-test level
 RESULTS = {"indistinguishable": "indistinguishable from retraining", "inconclusive": "inconclusive",
-           "distinguishable": "distinguishable from retraining", "n/a": "n/a"}
+           "not_shown": "not shown indistinguishable", "n/a": "n/a"}
 
 
 def summarize(rows: list[dict], utility_margin: float) -> dict:
@@ -54,17 +57,18 @@ def summarize(rows: list[dict], utility_margin: float) -> dict:
             first = next(iter(per_seed.values()))
             seeds = sorted(per_seed)
             entry = {"kind": first["kind"], "reference": first["reference"], "noop": first["noop"], "n": len(seeds),
-                     "metrics": {k: stats.mean_ci([per_seed[s].get(k, np.nan) for s in seeds]) for k in METRICS
-                                 if any(k in per_seed[s] for s in seeds)}}
+                     "metrics": {k: stats.mean_ci([np.nan if per_seed[s].get(k) is None else per_seed[s][k]
+                                                   for s in seeds])
+                                 for k in METRICS if any(k in per_seed[s] for s in seeds)}}
             ref, noop = methods[first["reference"]], methods[first["noop"]]
 
-            def column(rs, k):
-                return [rs[s].get(k, np.nan) for s in seeds]
+            def column(rs, k):  # strict JSON keeps NaN as None
+                return [np.nan if rs[s].get(k) is None else rs[s][k] for s in seeds]
 
             entry["vs_reference"] = {k: stats.paired(column(per_seed, k), column(ref, k)) for k in PAIRED}
             entry["vs_noop"] = {"forget_loss": stats.paired(column(per_seed, "forget_loss"), column(noop, "forget_loss"))}
             entry["reference_moves"] = stats.paired(column(ref, "forget_loss"), column(noop, "forget_loss"))
-            entry["margins"] = {k: SPREAD * stats.mean_ci(column(ref, k))["std"] for k in ATTACKS}
+            entry["margins"] = {k: SPREAD * stats.mean_ci(column(ref, k))["std"] for k in EQUIVALENCE}
             if method != first["reference"]:
                 entry["verdict"] = _verdict(entry, utility_margin)
             out.setdefault(sc, {})[method] = entry
@@ -79,18 +83,18 @@ def _verdict(e: dict, utility_margin: float) -> dict:
     if not acc["lo"] >= -utility_margin:
         why.append(f"utility: test accuracy (classes kept) {acc['mean']:+.3f} [{acc['lo']:+.3f}, {acc['hi']:+.3f}] vs "
                    f"reference, below the -{utility_margin:g} floor")
-    for k in ATTACKS:
+    for k in EQUIVALENCE:
         d, m = e["vs_reference"][k], e["margins"][k]
         if not (d["lo"] >= -m and d["hi"] <= m):
-            why.append(f"{_ATTACK_NAMES[k]} AUC {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] vs reference, "
-                       f"outside ± {m:.3f}")
+            why.append(f"{_NAMES[k]} {d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] vs reference, "
+                       f"not within ± {m:.3f}")
     moves, moved = e["reference_moves"], e["vs_noop"]["forget_loss"]
     measurable = moves["p"] < ALPHA
     if measurable and not (moved["p"] < ALPHA and np.sign(moved["mean"]) == np.sign(moves["mean"])):
         why.append(f"forgetting: forget-set loss {moved['mean']:+.3f} vs doing nothing (p = {moved['p']:.2g}), not "
                    f"measurably moved the way retraining moves it ({moves['mean']:+.3f})")
     if why:
-        return {"result": "distinguishable", "why": why}
+        return {"result": "not_shown", "why": why}
     if not measurable:
         return {"result": "inconclusive", "why": [
             f"retraining itself does not move the forget-set loss measurably from doing nothing ({moves['mean']:+.3f}, "
@@ -98,8 +102,8 @@ def _verdict(e: dict, utility_margin: float) -> dict:
     return {"result": "indistinguishable", "why": []}
 
 
-_ATTACK_NAMES = {"mia_loss_auc": "loss-threshold", "mia_lira_offline_auc": "LiRA offline",
-                 "mia_lira_online_auc": "LiRA online"}
+_NAMES = {"forget_loss": "forget loss", "mia_loss_auc": "loss-threshold AUC",
+          "mia_lira_offline_auc": "LiRA offline AUC", "mia_lira_online_auc": "LiRA online AUC"}
 
 
 def verdicts(summary: dict) -> dict:
@@ -236,8 +240,8 @@ def tables(methods: dict) -> list[str]:
     util = ["| method | test acc | Δ test acc (kept classes) vs reference | forget acc | forget loss | "
             "Δ forget loss vs no-op (p) | agree w/ reference (test) | max abs Δ log p vs reference | verdict |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    attack = ["| method | " + " | ".join(f"{_ATTACK_NAMES[k]} AUC | Δ vs reference (margin)" for k in ATTACKS) + " |",
-              "|---|" + "---:|" * (2 * len(ATTACKS))]
+    attack = ["| method | " + " | ".join(f"{_NAMES[k]} | Δ vs reference (margin)" for k in EQUIVALENCE) + " |",
+              "|---|" + "---:|" * (2 * len(EQUIVALENCE))]
     cost = ["| method | time (s) | Δ time vs reference (s) | compile (s) | examples×passes | shards retrained |",
             "|---|---:|---:|---:|---:|---:|"]
     for m, e in methods.items():
@@ -250,15 +254,15 @@ def tables(methods: dict) -> list[str]:
                     f"{_ci(mm.get('agree_test'))} | {mm['max_abs_diff']['mean']:.3g} | {verdict} |")
         attack.append(f"| {name(m, e)} | " + " | ".join(
             f"{_ci(mm.get(k))} | " + ("–" if is_ref else f"{_delta(ref[k])} (± {e['margins'][k]:.3f})")
-            for k in ATTACKS) + " |")
+            for k in EQUIVALENCE) + " |")
         if e["kind"] in ("original", "sisa-original"):
             continue
         cost.append(f"| {name(m, e)} | {_ci(mm.get('seconds'))} | {'–' if is_ref else _delta(ref['seconds'])} | "
                     f"{_ci(mm.get('compile_seconds'))} | {mm['examples_passes']['mean']:,.0f} | "
                     f"{_ci(mm['shards_retrained'], 1) if 'shards_retrained' in mm else '–'} |")
     return ["Utility and forgetting (mean ± 95% CI over seeds; Δ: paired mean [95% CI]):", "", *util, "",
-            "Membership-inference attacks (forget set vs test examples of its classes; margin: 1.96 × the "
-            "reference's seed-to-seed SD):", "", *attack, "", "Cost:", "", *cost]
+            "Equivalence with the reference: the forget set's loss and the membership-inference attacks (forget "
+            "set vs test examples of its classes); margin: 1.96 × the reference's seed-to-seed SD:", "", *attack, "", "Cost:", "", *cost]
 
 
 def findings(sc: str, methods: dict) -> list[str]:
@@ -281,20 +285,38 @@ def findings(sc: str, methods: dict) -> list[str]:
                        f"{g_acc['mean']:.3f} ({acc['mean'] - g_acc['mean']:+.3f}), and its forget took "
                        f"{t['mean']:.2f} s vs {g_t['mean']:.2f} s for that retrain ({slower}).")
     res = verdicts({sc: methods})[sc]
-    for kind in ("indistinguishable", "inconclusive", "distinguishable"):
+    for kind in ("indistinguishable", "inconclusive", "not_shown"):
         ms = [m for m, r in res.items() if r == kind]
         if ms:
             out.append(f"- {RESULTS[kind]}: {', '.join(ms)}.")
     return out
 
 
-def write(results: dict, out: Path) -> list[str]:
-    """Write the plots and `report.md` of `results` (read back from `results.json`) into `out`;
-    returns the plot paths."""
+def rerender(out) -> dict:
+    """Recompute the summary of `out/results.json` from its per-seed rows, store it there, and
+    write the plots and `report.md` beside it: {"summary", "plots"}. Also regenerates a report
+    after a change to the statistics, without running anything again."""
+    import json
+
     out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    results["summary"] = summarize(results["rows"], results["config"]["utility_margin"])
+    (out / "results.json").write_text(json.dumps(_strict(results), indent=1, allow_nan=False))
+    results = json.loads((out / "results.json").read_text())  # what the file says, NaNs as None
     plots = [str(out / p) for p in plot(results, out)]
     (out / "report.md").write_text(render(results))
-    return plots
+    return {"summary": results["summary"], "plots": plots}
+
+
+def _strict(o):
+    """NaN -> None (strict JSON), recursively."""
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_strict(v) for v in o]
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    return o
 
 
 def render(results: dict) -> str:
@@ -336,9 +358,12 @@ def render(results: dict) -> str:
         f"is no more than {margin:g} below its reference's (the 95% CI of the paired difference lies above "
         f"−{margin:g}); (2) it moves the forget set's loss away from doing nothing, in retraining's direction (paired "
         f"t-test, p < {ALPHA}); and (3) for each of the three attacks, the 95% CI of the paired AUC difference from "
-        f"its reference lies within ± {SPREAD} × the reference's own seed-to-seed SD of that AUC. When retraining "
+        f"its reference lies within ± {SPREAD} × the reference's own seed-to-seed SD of that AUC, and so does the "
+        "forget set's mean loss (an AUC can match while the loss moved only part of the way). When retraining "
         "itself does not move the forget-set loss measurably, (2) cannot be met by anything and a method passing "
-        "(1) and (3) is **inconclusive**: the scenario cannot separate forgetting from inaction.",
+        "(1) and (3) is **inconclusive**: the scenario cannot separate forgetting from inaction. Any other method is "
+        "**not shown indistinguishable**: an interval that straddles a margin means the seeds could not show "
+        "equivalence, not that a difference was shown; the intervals in the tables say which.",
         "",
         "| scenario | method | verdict | why |",
         "|---|---|---|---|",

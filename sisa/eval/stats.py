@@ -42,7 +42,7 @@ def paired(a, b, level: float = LEVEL) -> dict:
     keep = ~(np.isnan(a) | np.isnan(b))
     d = a[keep] - b[keep]
     out = mean_ci(d, level)
-    if len(d) > 1 and d.std(ddof=1) > 0:
+    if len(d) > 1 and d.std(ddof=1) > 1e-12 * (1 + abs(d.mean())):  # else constant (up to rounding): no t-test
         out["p"] = float(stats.ttest_1samp(d, 0.0).pvalue)
     else:
         out["p"] = float("nan") if len(d) < 2 else (1.0 if d.mean() == 0 else 0.0)
