@@ -212,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default: 16)")
 
     e = cmd("experiment", "run one of the paper's experiments and write its results, plots and report", workdir=False)
-    e.add_argument("name", metavar="NAME", help="the experiment, one of: " + ", ".join(EXPERIMENTS))
+    e.add_argument("name", metavar="NAME", help="the experiment (required), one of: " + ", ".join(EXPERIMENTS))
     e.add_argument("--out", help="output directory, new or empty (default: runs/experiments/NAME-<time>; committed "
                                  "results are never written over)")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (default: refuse)")

@@ -8,7 +8,9 @@ shows the shape of the result, not the result.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +24,22 @@ EXPERIMENTS = {
     "speedup": "speed-up of K sequential deletions over retraining, against S and R, beside the paper's formula",
     "stream": "a stream of sequential deletion requests: SISA vs retrain-per-request vs approximate methods",
 }
+
+
+@contextlib.contextmanager
+def compiling_what_runs():
+    """Training compiles only the programs it runs (SISA_PRECOMPILE=off), not ahead every lane
+    width a later deletion could take (~15 s per configuration on 2 cores, for programs an
+    experiment mostly never calls); a request that needs a new program compiles it then."""
+    before = os.environ.get("SISA_PRECOMPILE")
+    os.environ["SISA_PRECOMPILE"] = "off"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SISA_PRECOMPILE", None)
+        else:
+            os.environ["SISA_PRECOMPILE"] = before
 
 
 def default_out(name: str, quick: bool) -> Path:

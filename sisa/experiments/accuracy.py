@@ -13,7 +13,6 @@ experiment's `render`); `rerender(out, render)` rebuilds them from a saved resul
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -30,6 +29,7 @@ import numpy as np
 from sisa.config import Config
 from sisa.errors import SisaError
 from sisa.eval import stats
+from sisa.experiments import compiling_what_runs
 
 RULES = ("softmax", "vote")  # sisa.aggregate's rules; sisa.evaluate reports both
 PURCHASE_FLIP = 0.4  # see data_notes: at the default 0.15 the test accuracy is at its ceiling, 1.000
@@ -165,7 +165,7 @@ def train_one(ds, cfg: Config) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="sisa-accuracy-"))
     try:
-        with _no_compiling_ahead(), Stopwatch() as training:
+        with compiling_what_runs(), Stopwatch() as training:
             report = sisa.train(tmp / "run", cfg, dataset=ds, progress=False)
         with Stopwatch() as evaluating:
             ev = sisa.evaluate(tmp / "run")  # both rules' accuracy, and every constituent's
@@ -179,19 +179,6 @@ def train_one(ds, cfg: Config) -> dict:
             "evaluate_seconds": evaluating.seconds}
 
 
-@contextlib.contextmanager
-def _no_compiling_ahead():
-    """Training compiles ahead what later forgets would need (sisa.training.loop); these runs are
-    never forgotten from, so that work would only compete with the training."""
-    old = os.environ.get("SISA_PRECOMPILE")
-    os.environ["SISA_PRECOMPILE"] = "off"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("SISA_PRECOMPILE", None)
-        else:
-            os.environ["SISA_PRECOMPILE"] = old
 
 
 def run_sweep(sweep: Sweep, *, name: str, progress: bool) -> tuple[list[dict], dict, dict]:

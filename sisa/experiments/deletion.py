@@ -86,21 +86,6 @@ def request_ids(ids: np.ndarray, count: int, size: int, *seed) -> np.ndarray:
     return np.random.default_rng(list(seed)).choice(ids, count * size, replace=False).reshape(count, size)
 
 
-@contextlib.contextmanager
-def compiling_what_runs():
-    """Training compiles only the programs it runs (SISA_PRECOMPILE=off), not ahead every lane
-    width a later deletion could take (~15 s per configuration on 2 cores, for programs these
-    experiments mostly never call); a request that needs a new program compiles it, and the
-    times with compilation included show it."""
-    before = os.environ.get("SISA_PRECOMPILE")
-    os.environ["SISA_PRECOMPILE"] = "off"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["SISA_PRECOMPILE"]
-        else:
-            os.environ["SISA_PRECOMPILE"] = before
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sisa.experiments import deletion
+from sisa.experiments import compiling_what_runs, deletion
 from sisa.experiments.deletion import Data, Engine
 
 # The paper's headline (abstract of Bourtoule et al.): unlearning faster than retraining from scratch.
@@ -74,7 +74,7 @@ QUICK = Plan((
 def run(out: Path, *, quick: bool, progress: bool, plan: Plan | None = None) -> dict:
     plan = plan or (QUICK if quick else FULL)
     t0 = time.perf_counter()
-    with deletion.compiling_what_runs():
+    with compiling_what_runs():
         parts = [_run_part(part, progress) for part in plan.parts]
     results = {
         "experiment": "speedup", "quick": quick, "wall_seconds": time.perf_counter() - t0,

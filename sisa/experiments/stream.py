@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from sisa.eval import metrics
-from sisa.experiments import deletion
+from sisa.experiments import compiling_what_runs, deletion
 from sisa.experiments.deletion import Data, Engine
 
 RETRAIN = "retrain per request"
@@ -100,7 +100,7 @@ def run(out: Path, *, quick: bool, progress: bool, plan: Plan | None = None) -> 
     overall = deletion.bar(len(plan.seeds) * len(plan.scenarios), f"stream {plan.data.label}", progress, unit="stream",
                            leave=True)
     for seed in plan.seeds:
-        with deletion.compiling_what_runs(), deletion.workspace() as work:
+        with compiling_what_runs(), deletion.workspace() as work:
             initial = _train_initial(plan, ds, seed, work)
             for index, scenario in enumerate(plan.scenarios):
                 runs.append(_run_stream(plan, ds, seed, index, scenario, initial, work, saved, progress))
