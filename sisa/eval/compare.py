@@ -256,8 +256,12 @@ def run(config, out_dir, *, dataset=None, progress: bool = True, keep_workdirs: 
     Dataset) replaces the one the config names. Returns paths, wall time and the verdicts."""
     from sisa import runtime
     from sisa.data import datasets
+    from sisa.eval import bias_lm
     from sisa.experiments import fresh_dir
 
+    if bias_lm.wants(config):  # `experiment = "bias_lm"`: the language-model bias benchmark
+        return bias_lm.run(config, out_dir, progress=progress, overwrite=overwrite, short=short,
+                           keep_workdirs=keep_workdirs)
     if isinstance(config, (str, Path)):
         cfg, toml_text = load(config), Path(config).read_text()
     else:
