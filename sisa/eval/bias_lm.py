@@ -53,7 +53,7 @@ from sisa import config as config_lib
 from sisa.config import Config
 from sisa.errors import SisaError
 from sisa.eval import bias_templates as templates
-from sisa.eval.compare import MethodSpec, _jsonable, environment
+from sisa.eval.compare import MethodSpec, _jsonable, check_methods, environment
 from sisa.unlearn.baselines.common import BUDGET_FIELDS, Budget
 
 EXPERIMENT = "bias_lm"
@@ -126,20 +126,8 @@ class BiasLMConfig:
             raise SisaError(f"corpus axes must be distinct names from {list(templates.AXES)}, got {list(self.corpus.axes)}")
         if self.shards < 2 or self.slices < 1:
             raise SisaError(f"[sisa] needs shards >= 2 and slices >= 1, got {self.shards} and {self.slices}")
+        check_methods(self.methods, METHODS)
         names = [m.name for m in self.methods]
-        for m in self.methods:
-            if m.name not in METHODS:
-                raise SisaError(f"unknown method {m.name!r}; known: {', '.join(METHODS)}")
-            fn = METHODS[m.name]
-            for what, keys, known in (("hparams", m.hparams, set(fn.defaults)),
-                                      ("grid", m.grid, set(fn.defaults) | set(BUDGET_FIELDS))):
-                if set(keys) - known:
-                    raise SisaError(f"[methods.{m.name}] {what}: unknown key(s) {sorted(set(keys) - known)}; "
-                                    f"known: {sorted(known)}")
-            if any(not isinstance(v, list) or not v for v in m.grid.values()):
-                raise SisaError(f"[methods.{m.name}] grid values must be non-empty lists")
-        if len(set(names)) != len(names):
-            raise SisaError(f"a method is listed twice: {names}")
         missing = [m for m in self.transfer_methods if m not in names]
         if missing:
             raise SisaError(f"[transfer] methods {missing} are not under [methods]")

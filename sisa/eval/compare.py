@@ -63,6 +63,25 @@ class MethodSpec:
     grid: dict = dataclasses.field(default_factory=dict)  # hyper-parameter or budget field -> values
 
 
+def check_methods(methods, registry: dict) -> None:
+    """Each MethodSpec names a method of `registry` (name -> unlearn function), sets only its
+    hyper-parameters (and, in a grid, budget fields), gives non-empty lists to search, and comes once."""
+    names = [m.name for m in methods]
+    for m in methods:
+        if m.name not in registry:
+            raise SisaError(f"unknown method {m.name!r}; known: {', '.join(sorted(registry))}")
+        fn = registry[m.name]
+        for what, keys, known in (("hparams", m.hparams, set(fn.defaults)),
+                                  ("grid", m.grid, set(fn.defaults) | set(BUDGET_FIELDS))):
+            if set(keys) - known:
+                raise SisaError(f"[methods.{m.name}] {what}: unknown key(s) {sorted(set(keys) - known)}; "
+                                f"known: {sorted(known)}")
+        if any(not isinstance(v, list) or not v for v in m.grid.values()):
+            raise SisaError(f"[methods.{m.name}] grid values must be non-empty lists")
+    if len(set(names)) != len(names):
+        raise SisaError(f"a method is listed twice: {names}")
+
+
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
     name: str = "compare"
@@ -97,22 +116,9 @@ class CompareConfig:
             raise SisaError(f"utility_margin must lie in [0, 1), got {self.utility_margin}")
         if self.search_seed is not None and self.search_seed not in self.seeds:
             raise SisaError(f"search seed {self.search_seed} is not one of the seeds {list(self.seeds)}")
-        names = [m.name for m in self.methods]
-        for m in self.methods:
-            if m.name == "retrain":
-                raise SisaError("`retrain` is the gold standard and always runs; do not list it under [methods]")
-            if m.name not in BASELINES:
-                raise SisaError(f"unknown method {m.name!r}; known: {', '.join(sorted(set(BASELINES) - {'retrain'}))}")
-            fn = BASELINES[m.name]
-            for what, keys, known in (("hparams", m.hparams, set(fn.defaults)),
-                                      ("grid", m.grid, set(fn.defaults) | set(BUDGET_FIELDS))):
-                if set(keys) - known:
-                    raise SisaError(f"[methods.{m.name}] {what}: unknown key(s) {sorted(set(keys) - known)}; "
-                                    f"known: {sorted(known)}")
-            if any(not isinstance(v, list) or not v for v in m.grid.values()):
-                raise SisaError(f"[methods.{m.name}] grid values must be non-empty lists")
-        if len(set(names)) != len(names):
-            raise SisaError(f"a method is listed twice: {names}")
+        if any(m.name == "retrain" for m in self.methods):
+            raise SisaError("`retrain` is the gold standard and always runs; do not list it under [methods]")
+        check_methods(self.methods, {k: v for k, v in BASELINES.items() if k != "retrain"})
 
     @property
     def first_seed(self) -> int:
