@@ -388,7 +388,7 @@ def _run_seed(cfg: CompareConfig, ds, seed: int, work: Path, searches: dict, sha
         is_f = np.isin(train.ids, sc.ids)
         forget, retain = (train.x[is_f], train.y[is_f]), (train.x[~is_f], train.y[~is_f])
         key = jax.random.fold_in(jax.random.key(seed), i)
-        ev = _Evaluator(trainer, forget, retain, ds, np.searchsorted(ds.ids, sc.ids), shadows)
+        ev = _Evaluator(trainer, forget, retain, ds, _rows_of(ds.ids, sc.ids), shadows)
         bar.set_description(f"compare {cfg.name}: seed {seed}, {sc.name}, gold")
         rows += _reference_rows(ev, seed, sc, trainer, original, forget, retain, train.ids[~is_f], key)
         bar.update(2)
@@ -406,6 +406,12 @@ def _run_seed(cfg: CompareConfig, ds, seed: int, work: Path, searches: dict, sha
             rows += _sisa_rows(ev, seed, sc, s, root, archs[f"S={s}"], train, work)
             bar.update(2)
     return rows, facts
+
+
+def _rows_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions in `ids` (in any order) of the ids `wanted`."""
+    order = np.argsort(ids, kind="stable")
+    return order[np.searchsorted(ids, wanted, sorter=order)]
 
 
 def _reference_rows(ev, seed, sc, trainer, original, forget, retain, retain_ids, key) -> list[dict]:

@@ -1,5 +1,6 @@
 """Metrics, membership-inference attacks, timing, and a tiny end-to-end comparison benchmark."""
 
+import dataclasses
 import json
 
 import jax
@@ -108,8 +109,14 @@ TINY = {
 }
 
 
+def _shuffled(ds):
+    """The same examples with their rows in another order (ids no longer sorted)."""
+    perm = np.random.default_rng(3).permutation(len(ds.ids))
+    return dataclasses.replace(ds, x=ds.x[perm], y=ds.y[perm], ids=ds.ids[perm])
+
+
 def test_compare_end_to_end_writes_report_results_and_plots(tmp_path):
-    out = compare.run(compare.from_dict(TINY), tmp_path / "out", dataset=blobs(), progress=False)
+    out = compare.run(compare.from_dict(TINY), tmp_path / "out", dataset=_shuffled(blobs()), progress=False)
     d = tmp_path / "out"
     for name in ("report.md", "results.json", *compare.compare_report.PLOTS):
         assert (d / name).is_file() and (d / name).stat().st_size > 0, name
@@ -251,3 +258,13 @@ def test_compare_config_schema(tmp_path):
     (tmp_path / "c.toml").write_text("name = 'x'\n[sisa]\nshards = [1]\n")
     with pytest.raises(SisaError):
         compare.load(tmp_path / "c.toml")
+
+
+def test_lira_columns_follow_ids_in_any_row_order():
+    """The attacks read the shadows' column of each forgotten example by its row: right whatever
+    the order of the data set's ids."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ids = rng.permutation(rng.choice(10_000, 300, replace=False))
+        wanted = rng.choice(ids, 40, replace=False)
+        assert (ids[compare._rows_of(ids, wanted)] == wanted).all()
