@@ -53,8 +53,8 @@ from sisa import config as config_lib
 from sisa.config import Config
 from sisa.errors import SisaError
 from sisa.eval import bias_templates as templates
-from sisa.eval.compare import MethodSpec, _jsonable, check_methods, environment
-from sisa.unlearn.baselines.common import BUDGET_FIELDS, Budget
+from sisa.eval.compare import MethodSpec, _jsonable, check_layout, check_methods, environment, method_specs
+from sisa.unlearn.baselines.common import Budget
 
 EXPERIMENT = "bias_lm"
 ORIGINAL, GOLD = "original (no unlearning)", "retrain (gold)"
@@ -156,24 +156,10 @@ def from_dict(d: dict, *, short: bool = False) -> BiasLMConfig:
 
     if short:
         d = quick(d)
-    unknown = set(d) - _TOP
-    if unknown:
-        raise SisaError(f"unknown bias_lm config key(s): {', '.join(sorted(unknown))}")
-    for section, keys in _SECTIONS.items():
-        if not isinstance(d.get(section, {}), dict) or set(d.get(section, {})) - keys:
-            raise SisaError(f"[{section}] takes only {', '.join(sorted(keys))}; got {sorted(d.get(section, {}))}")
+    check_layout(d, _TOP, _SECTIONS, "bias_lm")
     data = {"task": "lm", "dataset": "pydoc", **d.get("data", {})}
     engine = config_lib.from_dict({"data": data, **{k: d[k] for k in ("model", "train") if k in d}})
-    methods = []
-    for name, spec in d.get("methods", {}).items():
-        if not isinstance(spec, dict) or set(spec) - {"budget", "hparams", "grid"}:
-            raise SisaError(f"[methods.{name}] takes only budget, hparams, grid")
-        budget = spec.get("budget", {})
-        if set(budget) - set(BUDGET_FIELDS):
-            raise SisaError(f"[methods.{name}] budget: unknown key(s) {sorted(set(budget) - set(BUDGET_FIELDS))}")
-        base = METHODS[name].default_budget if name in METHODS else Budget()
-        methods.append(MethodSpec(name, dataclasses.replace(base, **budget), dict(spec.get("hparams", {})),
-                                  dict(spec.get("grid", {}))))
+    methods = method_specs(d.get("methods", {}), METHODS)
     corpus = d.get("corpus", {})
     sisa_, defaults = d.get("sisa", {}), BiasLMConfig()
     try:
@@ -187,7 +173,7 @@ def from_dict(d: dict, *, short: bool = False) -> BiasLMConfig:
             adapter=sisa_.get("adapter", defaults.adapter), lora_rank=sisa_.get("lora_rank", defaults.lora_rank),
             transfer_methods=tuple(d.get("transfer", {}).get("methods", defaults.transfer_methods)),
             strong_perplexity_cap=d.get("transfer", {}).get("strong_perplexity_cap", defaults.strong_perplexity_cap),
-            engine=engine, methods=tuple(methods))
+            engine=engine, methods=methods)
     except TypeError as e:
         raise SisaError(f"bias_lm config: {e}") from None
 

@@ -130,30 +130,43 @@ _TOP = {"name", "seeds", "validation_fraction", "utility_margin", "shadows", "fo
 _SECTIONS = {"forget": {"random", "class"}, "sisa": {"shards", "slices"}, "search": {"seed"}}
 
 
-def from_dict(d: dict) -> CompareConfig:
-    """Build a CompareConfig from the TOML layout (see experiments/compare_mnist5k.toml)."""
-    unknown = set(d) - _TOP
+def check_layout(d: dict, top: set, sections: dict, what: str) -> None:
+    """Refuse keys of a config's TOML layout other than `top`, and keys of a `sections` table
+    (name -> its keys) other than its own."""
+    unknown = set(d) - top
     if unknown:
-        raise SisaError(f"unknown compare config key(s): {', '.join(sorted(unknown))}")
-    for section, keys in _SECTIONS.items():
+        raise SisaError(f"unknown {what} config key(s): {', '.join(sorted(unknown))}")
+    for section, keys in sections.items():
         if not isinstance(d.get(section, {}), dict) or set(d.get(section, {})) - keys:
             raise SisaError(f"[{section}] takes only {', '.join(sorted(keys))}; got {sorted(d.get(section, {}))}")
-    part = d.get("partition", {})
-    if set(part) & {"shards", "slices"}:
-        raise SisaError("set shards and slices under [sisa] (the monolithic model always has 1 and 1)")
-    engine = config_lib.from_dict({k: d[k] for k in ("data", "model", "train", "partition") if k in d})
+
+
+def method_specs(tables: dict, registry: dict) -> tuple[MethodSpec, ...]:
+    """The MethodSpecs of a config's [methods.NAME] tables (budget, hparams, grid), each budget on
+    top of its method's default in `registry` (name -> unlearn function; see `check_methods`)."""
     methods = []
-    for name, spec in d.get("methods", {}).items():
+    for name, spec in tables.items():
         if not isinstance(spec, dict) or set(spec) - {"budget", "hparams", "grid"}:
             raise SisaError(f"[methods.{name}] takes only budget, hparams, grid")
         budget = spec.get("budget", {})
         if set(budget) - set(BUDGET_FIELDS):
             raise SisaError(f"[methods.{name}] budget: unknown key(s) {sorted(set(budget) - set(BUDGET_FIELDS))}")
-        from sisa.unlearn.baselines import BASELINES
-
-        base = BASELINES[name].default_budget if name in BASELINES else Budget()
+        base = registry[name].default_budget if name in registry else Budget()
         methods.append(MethodSpec(name, dataclasses.replace(base, **budget), dict(spec.get("hparams", {})),
                                   dict(spec.get("grid", {}))))
+    return tuple(methods)
+
+
+def from_dict(d: dict) -> CompareConfig:
+    """Build a CompareConfig from the TOML layout (see experiments/compare_mnist5k.toml)."""
+    check_layout(d, _TOP, _SECTIONS, "compare")
+    part = d.get("partition", {})
+    if set(part) & {"shards", "slices"}:
+        raise SisaError("set shards and slices under [sisa] (the monolithic model always has 1 and 1)")
+    engine = config_lib.from_dict({k: d[k] for k in ("data", "model", "train", "partition") if k in d})
+    from sisa.unlearn.baselines import BASELINES
+
+    methods = method_specs(d.get("methods", {}), BASELINES)
     forget, sisa_, search = d.get("forget", {}), d.get("sisa", {}), d.get("search", {})
     defaults = CompareConfig.__dataclass_fields__
     try:
@@ -169,7 +182,7 @@ def from_dict(d: dict) -> CompareConfig:
             search_seed=search.get("seed"),
             utility_margin=d.get("utility_margin", defaults["utility_margin"].default),
             engine=engine,
-            methods=tuple(methods),
+            methods=methods,
         )
     except TypeError as e:
         raise SisaError(f"compare config: {e}") from None
@@ -329,15 +342,16 @@ def _bar(cfg, progress):
     return tqdm(total=total, desc=f"compare {cfg.name}", unit="model", disable=not progress, file=sys.stderr)
 
 
-def _outputs(root, x) -> np.ndarray:
-    """[N, C] log-probabilities of the run at `root`: its constituents' softmax mean (one
-    constituent: its own output)."""
+def _outputs(root, inputs: dict) -> dict:
+    """name -> [N, C] log-probabilities of the run at `root` on each of `inputs` (name -> x): its
+    constituents' softmax mean (one constituent: its own output). The workdir is read once."""
     from sisa import serve
     from sisa.eval import metrics
     from sisa.workdir import Workdir
 
     wd = Workdir.open(root)
-    return metrics.softmax_mean(metrics.ensemble_log_probs(wd.trainer, serve.constituents(wd).params, x))
+    params = serve.constituents(wd).params
+    return {k: metrics.softmax_mean(metrics.ensemble_log_probs(wd.trainer, params, x)) for k, x in inputs.items()}
 
 
 def _architectures(cfg: CompareConfig) -> dict:
@@ -355,7 +369,7 @@ def _shadows(cfg, ds, work: Path, bar) -> dict:
     for name, engine in _architectures(cfg).items():
         bar.set_description(f"compare {cfg.name}: LiRA shadows, {name}")
         out[name] = shadows.train(engine, ds, cfg.shadows, seed=0, work=work / name.replace("=", ""),
-                                  outputs=_outputs, bar=bar)
+                                  outputs=lambda root, x: _outputs(root, {"pool": x})["pool"], bar=bar)
     return out
 
 
@@ -506,7 +520,7 @@ class _Evaluator:
         return {k: metrics.log_probs(self.trainer, params, x) for k, x in self.x.items()}
 
     def ensemble(self, root) -> dict:
-        return {k: _outputs(root, x) for k, x in self.x.items()}
+        return _outputs(root, self.x)
 
     def metrics(self, lp: dict, arch: str, reference: str) -> dict:
         """Accuracy, loss, attacks (with `arch`'s shadows), and distance to `reference`'s outputs."""

@@ -298,25 +298,16 @@ def rerender(out) -> dict:
     after a change to the statistics, without running anything again."""
     import json
 
+    from sisa.eval.compare import _jsonable  # strict JSON: NaN as None
+
     out = Path(out)
     results = json.loads((out / "results.json").read_text())
     results["summary"] = summarize(results["rows"], results["config"]["utility_margin"])
-    (out / "results.json").write_text(json.dumps(_strict(results), indent=1, allow_nan=False))
-    results = json.loads((out / "results.json").read_text())  # what the file says, NaNs as None
+    results = _jsonable(results)  # as the file will say it: NaNs as None
+    (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     plots = [str(out / p) for p in plot(results, out)]
     (out / "report.md").write_text(render(results))
     return {"summary": results["summary"], "plots": plots}
-
-
-def _strict(o):
-    """NaN -> None (strict JSON), recursively."""
-    if isinstance(o, dict):
-        return {k: _strict(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_strict(v) for v in o]
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    return o
 
 
 def render(results: dict) -> str:
