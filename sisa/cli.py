@@ -140,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--slices", type=_flag("partition.slices"),
                    help=f"slices per shard, one stage each ({run % 'partition.slices'})")
     t.add_argument("--epochs", type=_flag("train.epochs"), help=f"training epochs ({run % 'train.epochs'})")
+    t.add_argument("--schedule", choices=["budget", "fractional", "uniform"],
+                   help="epochs per stage: the paper's budget in whole epochs, the budget to the step (for many "
+                        f"slices), or every stage all epochs ({run % 'train.schedule'})")
     t.add_argument("--seed", type=_flag("train.seed"), help=f"seed of the partition and of training ({run % 'train.seed'})")
     t.add_argument("--model", help="mlp, cnn, resnet18, transformer, transformer_lm, or your own Flax NNX module as "
                                    f"package.module:Class ({run % 'model.name'})")
@@ -242,7 +245,7 @@ def _config(args):
         "data": {"dataset": args.dataset},
         "partition": {"shards": args.shards, "slices": args.slices, "seed": args.seed, "strategy": args.strategy},
         "model": {"name": args.model},
-        "train": {"epochs": args.epochs, "seed": args.seed},
+        "train": {"epochs": args.epochs, "seed": args.seed, "schedule": args.schedule},
     }
     changes = {k: {f: v for f, v in d.items() if v is not None} for k, d in flags.items()}
     cfg = cfg.replace(**{k: v for k, v in changes.items() if v})

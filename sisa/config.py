@@ -55,8 +55,10 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 10
     # Epochs per stage. "budget": the paper's fixed budget, spread so that all stages
-    # together cost `epochs` passes over the shard (each stage gets ceil(2E/(R+1)) epochs);
-    # "uniform": every stage trains `epochs` epochs.
+    # together cost `epochs` passes over the shard, each stage rounded up to whole epochs
+    # (ceil(2E/(R+1)); at R > 2E that is 1, so R stages cost about R/2 passes, not E);
+    # "fractional": the same budget to the step: each stage trains ceil(2E/(R+1) x its
+    # batches) steps, its last epoch cut short; "uniform": every stage trains `epochs` epochs.
     schedule: str = "budget"
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -98,12 +100,36 @@ class Config:
         check(self)
 
     def epochs_for_stage(self, stage: int) -> int:
-        """Epochs stage `stage` trains (same for every shard)."""
-        del stage  # both schedules are flat over stages
+        """Epochs stage `stage` runs (same for every shard); under "fractional" the last one
+        stops after the stage's `stage_steps`."""
+        del stage  # every schedule is flat over stages
         e, r = self.train.epochs, self.partition.slices
         if self.train.schedule == "uniform":
             return e
         return max(1, math.ceil(2 * e / (r + 1)))
+
+    def stage_steps(self, n):
+        """Optimizer steps of a stage over `n` examples (its shard's slices 0..stage; an int, or
+        a traced int32: integer arithmetic only, so host and program agree). "fractional": the
+        whole epochs' batches, then the fraction's examples rounded up to whole batches."""
+        b = self.train.batch_size
+        batches = (n + b - 1) // b
+        if self.train.schedule != "fractional":
+            return self.epochs_for_stage(0) * batches
+        r = self.partition.slices
+        whole, part = divmod(2 * self.train.epochs, r + 1)  # 2E/(R+1) = whole + part/(R+1)
+        return whole * batches + (part * n + (r + 1) * b - 1) // ((r + 1) * b)
+
+    def stage_examples(self, n: int, epoch: int | None = None) -> int:
+        """Examples a stage over `n` examples visits in all (or in epoch `epoch`): whole epochs
+        visit `n`, a cut one its full batches only."""
+        b = self.train.batch_size
+        batches = -(-n // b)
+        steps = self.stage_steps(n)
+        if epoch is not None:
+            steps = min(max(steps - epoch * batches, 0), batches)
+        whole, rest = divmod(steps, batches) if batches else (0, 0)
+        return whole * n + rest * b
 
     def keeps_checkpoint(self, stage: int, stages: int | None = None) -> bool:
         """Whether `stage` of a run of `stages` stages (default: its slices) keeps its checkpoint."""
@@ -156,7 +182,7 @@ _CHOICES = {
     "partition.strategy": ("partition strategy", ("uniform", "stratified", "grouped")),
     "data.task": ("task", ("auto", "classify", "lm")),
     "train.adapter": ("adapter", ("none", "lora")),
-    "train.schedule": ("epoch schedule", ("budget", "uniform")),
+    "train.schedule": ("epoch schedule", ("budget", "fractional", "uniform")),
     "train.optimizer": ("optimizer", ("adam", "adamw", "sgd")),
     "train.lr_schedule": ("learning-rate schedule", ("constant", "cosine")),
     "aggregation": ("aggregation", AGGREGATIONS),

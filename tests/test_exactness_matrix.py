@@ -48,7 +48,7 @@ AXES: dict[str, tuple] = {
     "optimizer": ("adam", "adamw", "sgd"),
     "dropout": (0.0, 0.2),
     "strategy": ("uniform", "stratified", "grouped"),
-    "schedule": ("budget", "uniform"),
+    "schedule": ("budget", "fractional", "uniform"),
     "checkpoint_every": (1, 2),
     "shards": (2, 3, 4),
     "slices": (2, 3, 4),

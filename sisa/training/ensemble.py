@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sisa.training.aot import Program
@@ -58,8 +59,15 @@ class Ensemble:
             return jax.lax.map(lambda shard: trainer.init(shard, seed), shard_ids)
 
         def epoch(states, data, shard_ids, seed, stage, epoch, active):
-            return jax.lax.map(lambda lane: trainer.epoch(lane[0], lane[1], lane[2], stage, epoch, lane[3], seed),
-                               (states, data, shard_ids, active))
+            # The features stay whole and each batch is gathered from its lane in place: mapping
+            # over them would copy every lane's rows out and back in on every epoch.
+            x, rest = data["x"], {k: v for k, v in data.items() if k != "x"}
+
+            def one(lane):
+                state, rows, shard, on, at = lane
+                return trainer.epoch(state, rows, shard, stage, epoch, on, seed, features=lambda idx: x[at, idx])
+
+            return jax.lax.map(one, (states, rest, shard_ids, active, jnp.arange(x.shape[0])))
         self.mesh = Mesh(np.array(jax.local_devices()[:devices]), ("ens",))  # this process's own
         self.lane_sharding = NamedSharding(self.mesh, P("ens"))
         if devices > 1:

@@ -209,17 +209,18 @@ def _train_shards(wd, todo: list[int], *, progress: bool = True, gate=None) -> d
             # checkpoint of the stage is its state of the stage before (the same from scratch).
             active = due & ~(added[stage] & (per_slice[lanes, stage] == 0))
             epochs = cfg.epochs_for_stage(stage) if active.any() else 0
-            n = int(sum(counts[lanes[i], stage] for i in np.flatnonzero(active)))
-            report["examples_epochs"] += n * epochs
+            sizes = [int(counts[lanes[i], stage]) for i in np.flatnonzero(active)]
+            visits = sum(cfg.stage_examples(n) for n in sizes)  # examples x epochs, a cut last epoch in part
+            report["examples_epochs"] += visits
             bar = tqdm(
-                total=n * epochs, desc=f"stage {stage} of 0..{slices - 1}", unit="ex", unit_scale=True,
+                total=visits, desc=f"stage {stage} of 0..{slices - 1}", unit="ex", unit_scale=True,
                 disable=not progress, file=sys.stderr, leave=False,
             )
             for epoch in range(epochs):
                 with gate() if gate is not None else contextlib.nullcontext():
                     states, loss = ens.epoch(states, data, shard_ids, seed, stage, epoch, ens.place(active))
                     loss = np.asarray(loss)  # waits for the epoch: the bar shows real progress
-                bar.update(n)
+                bar.update(sum(cfg.stage_examples(n, epoch) for n in sizes))
                 crash_point("after-epoch")
                 bar.set_postfix(loss=f"{loss[active].mean():.3f}")
             bar.close()

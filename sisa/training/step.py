@@ -187,13 +187,15 @@ class ShardTrainer:
         keep = mask.any()
         return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state), loss
 
-    def epoch(self, state: State, data: dict, shard, stage, epoch, active, seed=None):
+    def epoch(self, state: State, data: dict, shard, stage, epoch, active, seed=None, features=None):
         """One epoch over the shard's slices 0..stage (nothing when not `active`).
 
         The order is a keyed hash of (id, seed, shard, stage, epoch): removing an example
-        leaves the relative order of the others unchanged. `seed` as in `init`. Returns
-        (state, mean loss).
+        leaves the relative order of the others unchanged. `seed` as in `init`. `features`:
+        rows -> their features (None: `data["x"][rows]`). Returns (state, mean loss).
         """
+        if features is None:
+            features = lambda rows: data["x"][rows]  # noqa: E731
         seed = self.cfg.train.seed if seed is None else seed
         b = self.cfg.train.batch_size
         member = data["valid"] & (data["slice"] <= stage) & active
@@ -203,27 +205,31 @@ class ShardTrainer:
         step_root = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self._root(shard, seed), _STEP), stage),
                                        epoch)
         batches = (n + b - 1) // b
+        # The stage's steps left for this epoch: all its batches but under "fractional"
+        # (sisa.config), whose last epoch stops early. From this shard's own count only.
+        steps = jnp.clip(self.cfg.stage_steps(n) - epoch * batches, 0, batches)
 
         def body(t, carry):
             state, total = carry
             idx = jax.lax.dynamic_slice(order, (t * b,), (b,))
             mask = t * b + jnp.arange(b) < n
             key = jax.random.fold_in(step_root, t) if self._keyed else None
-            lr_scale = self._lr_scale(stage, epoch, t, batches)
-            state, loss = self.step(state, data["x"][idx], data["y"][idx], mask, key, lr_scale)
+            lr_scale = self._lr_scale(n, epoch, t, batches)
+            state, loss = self.step(state, features(idx), data["y"][idx], mask, key, lr_scale)
             return state, total + loss * mask.sum()
 
-        state, total = jax.lax.fori_loop(0, batches, body, (state, jnp.zeros((), jnp.float32)))
-        return state, total / jnp.maximum(n, 1)
+        state, total = jax.lax.fori_loop(0, steps, body, (state, jnp.zeros((), jnp.float32)))
+        return state, total / jnp.maximum(jnp.minimum(n, steps * b), 1)
 
-    def _lr_scale(self, stage, epoch, t, batches):
-        """The learning-rate factor of batch `t` of `epoch` of `stage` (None: 1, no multiply).
+    def _lr_scale(self, n, epoch, t, batches):
+        """The learning-rate factor of batch `t` of `epoch` of a stage over `n` examples (this
+        shard's slices 0..stage), in `batches` batches (None: 1, no multiply).
 
-        "cosine" decays from 1 to 0 over the stage's steps: its epochs x `batches` (the batches
-        of this shard's slices 0..stage), a function of the config and the shard's own data only.
+        "cosine" decays from 1 to 0 over the stage's steps (`Config.stage_steps`), a function of
+        the config and the shard's own data only.
         """
         if self.cfg.train.lr_schedule == "cosine":
-            steps = jnp.maximum(batches * self.cfg.epochs_for_stage(stage), 1).astype(jnp.float32)
+            steps = jnp.maximum(self.cfg.stage_steps(n), 1).astype(jnp.float32)
             done = (epoch * batches + t).astype(jnp.float32)
             return 0.5 * (1 + jnp.cos(jnp.pi * done / steps))
         return None

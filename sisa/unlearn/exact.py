@@ -116,8 +116,8 @@ def affected(store, ids: list[int]) -> dict[int, int]:
 def full_cost(wd, store) -> int:
     """examples x epochs of training every shard from scratch on the current store."""
     cfg = wd.config
-    per_stage = store.counts(cfg.partition.shards, store.stages(cfg.partition.slices)).sum(axis=0).cumsum()
-    return int(sum(cfg.epochs_for_stage(r) * n for r, n in enumerate(per_stage)))
+    per_stage = store.counts(cfg.partition.shards, store.stages(cfg.partition.slices)).cumsum(axis=1)
+    return int(sum(cfg.stage_examples(int(n)) for n in per_stage.reshape(-1)))
 
 
 def _few(ids: list[int], n: int = 10) -> str:
