@@ -300,18 +300,20 @@ class ShardCheckpoints:
         return self._digests(self._save_of(stage))
 
     def _digests(self, save: str) -> dict[str, str]:
-        root = self.directory / save
-        out = {}
-        for top, dirs, names in os.walk(root):
-            rel = Path(top).relative_to(root)
-            if rel == Path("."):
-                names = [n for n in names if not n.startswith("lineage_") or n == self.lineage_file]
-            elif rel == Path("state"):
-                dirs[:] = [d for d in dirs if not d.startswith("shard_") or d == self.name]
-            for name in names:
-                p = Path(top) / name
-                out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
-        return dict(sorted(out.items()))
+        return _file_digests(self.directory / save, self)
+
+    def _owns(self, path: str) -> bool:
+        """Whether the file at `path` in a save is part of this shard's checkpoint (`_mine` of
+        every step of the path)."""
+        *folders, name = path.split("/")
+        return all(self._mine("/".join(folders[:i]) or ".", part) for i, part in enumerate([*folders, name]))
+
+    def _mine(self, folder: str, name: str) -> bool:
+        """Whether `name` in `folder` (a path in a save) is part of this shard's checkpoint: not
+        another shard's lineage file or leaf folder."""
+        if folder == ".":
+            return not name.startswith("lineage_") or name == self.lineage_file
+        return folder != "state" or not name.startswith("shard_") or name == self.name
 
     def files_intact(self, stage: int) -> bool:
         """Whether every file of `stage` still matches the digest recorded when it was saved."""
@@ -362,11 +364,12 @@ class ShardCheckpoints:
         crash_point("after-save-started")  # written, not yet synced nor recorded
         # The records, written beside their place; made durable with the save's files, then
         # renamed into place (each shard's stage is finished there), then their folders synced.
-        tmps = []
+        tmps, every = [], _file_digests(directory / name)  # each file read once, shared ones too
         for ckpt, _, _ in items:
             ckpt.records.mkdir(exist_ok=True)
             tmp = ckpt.records / f".{stage}.json.tmp"
-            tmp.write_text(json.dumps({"save": name, "files": ckpt._digests(name)}, indent=1, sort_keys=True) + "\n")
+            files = {path: d for path, d in every.items() if ckpt._owns(path)}
+            tmp.write_text(json.dumps({"save": name, "files": files}, indent=1, sort_keys=True) + "\n")
             tmps.append(tmp)
         _durable(_tree(directory / name) + tmps)
         for (ckpt, _, _), tmp in zip(items, tmps):
@@ -475,6 +478,21 @@ class ShardCheckpoints:
     def close(self) -> None:
         self._verified.clear()
         self._saves.clear()
+
+
+def _file_digests(root: Path, ckpt: ShardCheckpoints | None = None) -> dict[str, str]:
+    """sha256 of each file of the save at `root`, by its path there (sorted): every file, or
+    only `ckpt`'s shard's part of it (`ShardCheckpoints._mine`)."""
+    out = {}
+    for top, dirs, names in os.walk(root):
+        folder = Path(top).relative_to(root).as_posix()
+        if ckpt is not None:
+            dirs[:] = [d for d in dirs if ckpt._mine(folder, d)]
+            names = [n for n in names if ckpt._mine(folder, n)]
+        for name in names:
+            p = Path(top) / name
+            out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return dict(sorted(out.items()))
 
 
 def _empty_save(d: Path) -> bool:
