@@ -10,6 +10,7 @@ shown that their kernels give the same bits for every lane count per device.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import platform
 
@@ -19,6 +20,13 @@ PACKAGES = ("sisa", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy
 
 
 def versions() -> dict:
+    """The versions of what computes the models, as this process imported them."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict:
+    # Read once: the package metadata costs ~10 ms a read, and a process keeps the modules it imported.
     out = {"python": platform.python_version()}
     for pkg in PACKAGES:
         try:

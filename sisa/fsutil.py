@@ -57,3 +57,18 @@ def disk_usage(path: str | Path) -> int:
                 continue
             total += st.st_size if stat.S_ISREG(st.st_mode) else 0
     return total
+
+
+def atomic_save_npy(path: str | Path, array: np.ndarray, *, sync_dir: bool = True) -> None:
+    """One array as an .npy file, replaced all at once (written beside, synced, renamed); with
+    `sync_dir=False` the caller syncs the folder once after several."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    crash_point("before-rename")
+    os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(path.parent)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
+from sisa.data.store import leftovers as store_leftovers
 from sisa.errors import SisaError
 
 
@@ -131,7 +132,7 @@ def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, a
             touched.setdefault(int(s), set()).add(e["seq"])
     by_seq = {r.seq: r.ids for r in requests}
     last = wd.stages() - 1
-    checkpoints, leftovers = {}, any((wd.root / "data").glob(".*.tmp"))
+    checkpoints, leftovers = {}, bool(store_leftovers(wd.store_path))
     for ckpt in wd.checkpoints:
         stages = []
         for stage in ckpt.stages():
@@ -190,8 +191,8 @@ def apply(wd, p: Plan, *, new_environment: dict | None = None, progress: bool = 
     if new_environment is not None:
         ledger.accept_environment(wd.manifest["environment"], new_environment)
     if p.clear_leftovers:
-        for tmp in (wd.root / "data").glob(".*.tmp"):  # an interrupted atomic write's half
-            tmp.unlink()
+        for path in store_leftovers(wd.store_path):  # an interrupted write's half, superseded features
+            path.unlink(missing_ok=True)
         for ckpt in wd.checkpoints:
             ckpt.remove_temporaries()
     entries = {e["seq"]: e for e in ledger.entries()}

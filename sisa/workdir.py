@@ -3,7 +3,8 @@
     W/sisa.json          manifest: config digest, data set facts, environment (written last),
                          the ledger's head (rewritten after every ledger append)
     W/config.toml        the run's config
-    W/data/train.npz     the data store (deletions rewrite it)
+    W/data/train.npz     the data store's index, W/data/x/ its features per shard (sisa.data.store;
+                         a deletion rewrites the index and the affected shards' features)
     W/data/test.npz      the test split
     W/checkpoints/saves/p<P>-<N>/       orbax, one save per stage holding every shard trained in it
     W/checkpoints/shard_NNNN.files/     each finished stage's save and file digests (sisa.checkpoint)
@@ -219,8 +220,7 @@ class Workdir:
         return slices + int(live.max(initial=0))
 
     def save_store(self, store: Store) -> None:
-        store.save(self.store_path)
-        self._store = store
+        self._store = store.save(self.store_path)
 
     def test_split(self) -> tuple[np.ndarray, np.ndarray]:
         from sisa.data.store import read_arrays

@@ -91,3 +91,20 @@ def assert_served_clean(root, served: dict, ids) -> None:
     for shard, info in served.items():
         seen = set(wd.checkpoints[int(shard)].lineage(info["stage"])["ids"])
         assert not seen.intersection(ids), (shard, info["stage"])
+
+
+def store_bytes(root) -> bytes:
+    """Every byte of a run's data store (its index and features files), file after file."""
+    from pathlib import Path
+
+    data = Path(root) / "data"
+    return b"".join(p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file() and p.name != "test.npz")
+
+
+def restore_store(backup, root) -> None:
+    """Put a backup's data store (index and features files) back into the run at `root`."""
+    import shutil
+    from pathlib import Path
+
+    shutil.rmtree(Path(root) / "data")
+    shutil.copytree(Path(backup) / "data", Path(root) / "data")

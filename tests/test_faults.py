@@ -20,6 +20,8 @@ from tests.conftest import assert_served_clean, npz_dataset
 # stage: shard 2's stage 0, then shards 1 and 2 together), each followed by one record per shard.
 CRASH_POINTS = (
     ["mid-ledger-append:1", "after-request:1", "before-rename:1", "after-purge:1", "mid-ledger-append:2"]
+    # the store's purge: new features files for shards 1 and 2, then the index, then the old files removed
+    + ["before-rename:2", "before-rename:3", "after-features:1", "after-index:1"]
     + [f"after-delete-stage:{n}" for n in range(1, 6)]
     + [f"after-epoch:{n}" for n in range(1, 7)]
     + [f"after-save-started:{n}" for n in range(1, 4)]

@@ -11,7 +11,7 @@ import sisa
 from sisa import environment
 from sisa.errors import SisaError
 from sisa.workdir import Workdir
-from tests.conftest import assert_served_clean, file_digests, npz_dataset
+from tests.conftest import assert_served_clean, file_digests, npz_dataset, restore_store
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_a_restored_backup_brings_nothing_back(run, trained, tiny_cfg, tmp_path)
     sisa.forget(run, ids, progress=False)
     shutil.rmtree(run / "checkpoints")
     shutil.copytree(backup / "checkpoints", run / "checkpoints")
-    shutil.copy(backup / "data" / "train.npz", run / "data" / "train.npz")
+    restore_store(backup, run)
     assert 1 in sisa.evaluate(run)["left_out"]["pending"]
     assert any("purge" in step for step in sisa.status(run)["pending_plan"])
     sisa.train(run, progress=False)

@@ -14,7 +14,7 @@ from sisa.cli import main
 from sisa.data import datasets
 from sisa.errors import SisaError
 from sisa.workdir import Workdir
-from tests.conftest import file_digests, npz_dataset
+from tests.conftest import file_digests, npz_dataset, restore_store
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +84,10 @@ def test_audit_is_clean_after_forget_and_finds_unpurged_bytes(before_and_after, 
     report = sisa.audit(after)
     assert report["clean"] and report["rows_scanned_for"] == len(ids), report
     assert (file_digests(after), sorted(map(str, after.rglob("*")))) == listed  # an audit writes nothing
-    shutil.copy(before / "data" / "train.npz", after / "data" / "train.npz")  # as if the purge never ran
+    restore_store(before, after)  # as if the purge never ran
     report = sisa.audit(after)
     assert not report["clean"]
-    assert any("train.npz holds the feature bytes of forgotten id" in f for f in report["findings"])
+    assert any("holds the feature bytes of forgotten id" in f for f in report["findings"])
     assert main(["audit", "--workdir", str(after)]) == 1
 
 
@@ -159,8 +159,8 @@ def test_audit_is_not_clean_when_the_source_lacks_a_forgotten_id(before_and_afte
 
 def test_audit_scans_the_scratch_area_and_skips_files_that_vanish(before_and_after, after, monkeypatch):
     """Bytes of a forgotten row in a scratch dir are found; a file deleted mid-scan is skipped."""
-    with np.load(before_and_after[0] / "data" / "train.npz") as f:
-        leak = f["x"][np.isin(f["ids"], before_and_after[2])][0].tobytes()
+    store = Workdir.open(before_and_after[0]).store()
+    leak = np.asarray(store.x)[np.isin(store.ids, before_and_after[2])][0].tobytes()
     (after / ".scratch" / "verify-x-1").mkdir(parents=True)
     (after / ".scratch" / "verify-x-1" / "state").write_bytes(b"..." + leak)
     (after / "checkpoints" / "gone").write_bytes(b"")
@@ -188,11 +188,11 @@ def test_verify_refuses_while_a_request_is_pending_and_leaves_no_scratch(before_
     dead.wait()
     stale = after / ".scratch" / f"verify-{socket.gethostname()}-{dead.pid}"  # a verify that was killed
     stale.mkdir(parents=True)
-    shutil.copy(before_and_after[0] / "data" / "train.npz", after / "data" / "train.npz")  # a restored backup
+    restore_store(before_and_after[0], after)  # a restored backup
     with pytest.raises(SisaError, match=r"ids of request #1 are in the data store again: run `sisa train"):
         sisa.verify(after, progress=False)
     assert not (after / ".scratch").exists()
-    shutil.copy(before_and_after[1] / "data" / "train.npz", after / "data" / "train.npz")
+    restore_store(before_and_after[1], after)
     store = Workdir.open(after).store()
 
     def full_disk(path, data):

@@ -1,12 +1,27 @@
 """The run's data store: the only copy of the training data a run keeps.
 
-One uncompressed `.npz` per split. Forgetting rewrites the train file atomically without the
-removed rows, so their bytes leave the store (no tombstones).
+    W/data/train.npz             the index: every example's id (sorted), label, shard, slice,
+                                 group and arrival, and the features file of each shard
+    W/data/x/shard_NNNN.G.npy    one shard's features, its rows in id order (G: its generation)
+
+Uncompressed, so the bytes on disk are the bytes of the data (`audit` scans for them).
+Forgetting writes new generations of the features files of the shards that held a removed
+example, then replaces the index, then removes the old generations: a deletion rewrites the
+small index and the affected shards' features, never every example's features, and no
+removed row's bytes stay in the store (no tombstones). Each file is replaced atomically. A
+crash before the index is replaced leaves the old store whole (the new files referenced by
+nothing); after it, the old generations are leftovers, referenced by nothing, that the next
+writer removes (`leftovers`) and that `audit` reports while they hold forgotten bytes.
+
+A store written by sisa 0.1 (one file, the features inside) is read as it is; its next save
+writes this layout.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +29,131 @@ import numpy as np
 from sisa.data import partition
 from sisa.data.datasets import Dataset
 from sisa.errors import SisaError
-from sisa.fsutil import atomic_save_npz
+from sisa.fsutil import atomic_save_npy, atomic_save_npz, fsync_dir
+from sisa.faults import crash_point
+
+_PART = re.compile(r"shard_(\d+)\.(\d+)\.npy")
+_INDEX_COLUMNS = ("ids", "y", "shard", "slice", "group", "arrival")
+
+
+def features_dir(index: str | Path) -> Path:
+    return Path(index).parent / "x"
+
+
+def _part_name(shard: int, generation: int) -> str:
+    return f"shard_{shard:04d}.{generation}.npy"
+
+
+@dataclasses.dataclass
+class _Part:
+    """One shard's features: rows `select` (None: all) of a features file or an array."""
+
+    source: Path | np.ndarray
+    select: np.ndarray | None = None
+
+    def array(self) -> np.ndarray:
+        if isinstance(self.source, Path):
+            if "_mapped" not in self.__dict__:
+                self._mapped = _open_part(self.source)
+            a = self._mapped
+        else:
+            a = self.source
+        return a if self.select is None else a[self.select]
+
+    def file(self) -> Path | None:
+        """The features file holding exactly these rows, or None (they must be written)."""
+        return self.source if isinstance(self.source, Path) and self.select is None else None
+
+    def subset(self, keep: np.ndarray) -> _Part | None:
+        """These rows where `keep` (a mask over them) holds; None when none does."""
+        if keep.all():
+            return self
+        if not keep.any():
+            return None
+        rows = np.flatnonzero(keep) if self.select is None else self.select[keep]
+        part = _Part(self.source, rows)
+        if "_mapped" in self.__dict__:
+            part._mapped = self._mapped
+        return part
+
+
+def _open_part(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise SisaError(f"data store features file missing: {path}; restore the workdir from a backup") from None
+    except (OSError, ValueError) as e:
+        raise SisaError(f"data store features file {path} is unreadable or malformed ({type(e).__name__}: {e}); "
+                        "restore the workdir from a backup") from None
+
+
+class Features:
+    """A store's features, [N, ...] in id order, kept per shard and read only where rows are
+    asked for: a forget or a training reads the shards it trains, not the whole store. Indexing
+    with a boolean mask gives the subset without reading anything; with row numbers, those rows
+    (an array); `np.asarray` gives all of them."""
+
+    def __init__(self, shard: np.ndarray, parts: dict[int, _Part], empty: np.ndarray):
+        self.shard = shard  # [N] the store's shard of each row
+        self.parts = parts  # shard -> its rows' features, in id order
+        self.empty = empty  # [0, ...]: the row shape and dtype
+        self.dtype, self.shape, self.ndim = empty.dtype, (len(shard), *empty.shape[1:]), empty.ndim
+
+    @classmethod
+    def split(cls, x: np.ndarray, shard: np.ndarray) -> Features:
+        """`x` (rows in id order) kept per shard."""
+        x = np.asarray(x)
+        return cls(shard, {int(s): _Part(x[shard == s]) for s in np.unique(shard)}, x[:0])
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def _positions(self) -> np.ndarray:
+        """[N] each row's place among its shard's rows."""
+        if "_pos" not in self.__dict__:
+            pos = np.empty(len(self.shard), np.int64)
+            for s in self.parts:
+                rows = np.flatnonzero(self.shard == s)
+                pos[rows] = np.arange(len(rows))
+            self._pos = pos
+        return self._pos
+
+    def __getitem__(self, key):
+        key = np.asarray(key) if isinstance(key, (list, np.ndarray)) else key
+        if isinstance(key, np.ndarray) and key.dtype == bool and key.shape == self.shard.shape:
+            parts = {}
+            for s, part in self.parts.items():
+                kept = part.subset(key[self.shard == s])
+                if kept is not None:
+                    parts[s] = kept
+            return Features(self.shard[key], parts, self.empty)
+        if isinstance(key, np.ndarray) and key.dtype.kind in "iu":
+            rows = key.reshape(-1)
+            out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+            shard, pos = self.shard[rows], self._positions()[rows]
+            for s in np.unique(shard):
+                here = shard == s
+                out[here] = self.parts[int(s)].array()[pos[here]]
+            return out.reshape(*key.shape, *self.shape[1:])
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.empty(self.shape, self.dtype)
+        for s, part in self.parts.items():
+            out[self.shard == s] = part.array()
+        return out if dtype is None else out.astype(dtype)
+
+    def astype(self, dtype):
+        return np.asarray(self).astype(dtype)
+
+    def reshape(self, *shape):
+        return np.asarray(self).reshape(*shape)
 
 
 @dataclasses.dataclass(frozen=True)
 class Store:
     ids: np.ndarray  # [N] int64, sorted
-    x: np.ndarray
+    x: np.ndarray | Features  # [N, ...]: an array, or (read from disk) kept per shard
     y: np.ndarray  # [N] int32
     shard: np.ndarray  # [N] int32
     slice: np.ndarray  # [N] int32
@@ -111,23 +244,136 @@ class Store:
             raise SisaError(f"workdir {where} was trained on a different data set (ids, features or labels differ "
                             "from its data store)")
 
-    def save(self, path: str | Path) -> None:
-        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    def save(self, path: str | Path) -> Store:
+        """Write this store with its index at `path` and its features beside it (module doc).
+        Returns it as saved: its features read from the files now there. A shard whose rows are
+        all still in the file they were read from keeps that file."""
+        path = Path(path)
+        xdir = features_dir(path)
+        xdir.mkdir(parents=True, exist_ok=True)
+        x = self.x
+        if not (isinstance(x, Features) and np.array_equal(x.shard, self.shard)):
+            x = Features.split(np.asarray(x), self.shard)
+        on_disk = _parts_in(xdir)
+        files, wrote = {}, False
+        for s, part in sorted(x.parts.items()):
+            kept = part.file()
+            if kept is not None and kept.parent == xdir and kept.name in on_disk.values():
+                files[s] = kept
+                continue
+            generation = 1 + max((g for (shard, g) in on_disk if shard == s), default=-1)
+            files[s] = xdir / _part_name(s, generation)
+            atomic_save_npy(files[s], part.array(), sync_dir=False)
+            wrote = True
+        if wrote:
+            fsync_dir(xdir)
+        crash_point("after-features")  # new features files written, the index not yet replaced
+        arrays = {name: getattr(self, name) for name in _INDEX_COLUMNS}
         if not self.arrivals:
             del arrays["arrival"]  # a run nothing was added to keeps the file as before
+        shards = sorted(files)
+        arrays |= {"x_shards": np.asarray(shards, np.int64),
+                   "x_generations": np.asarray([int(_PART.fullmatch(files[s].name)[2]) for s in shards], np.int64),
+                   "x_empty": x.empty}
         atomic_save_npz(path, **arrays)
+        crash_point("after-index")  # the new store in place, the old features files not yet removed
+        for stale in set(xdir.glob("shard_*.npy")) - set(files.values()):
+            stale.unlink()  # the rows they held are gone from the store (or moved to a newer file)
+        fsync_dir(xdir)
+        saved = Features(self.shard, {s: _Part(files[s]) for s in shards}, x.empty)
+        return dataclasses.replace(self, x=saved)
 
     @classmethod
     def load(cls, path: str | Path) -> Store:
-        a = read_arrays(path, [fd.name for fd in dataclasses.fields(cls)], "data store", optional=("arrival",))
+        """The store whose index is at `path`. A features file that vanishes while it is opened
+        (a writer replaced the store meanwhile: readers take no lock) means reading it afresh."""
+        for attempt in range(3):
+            before = _identity(path)
+            try:
+                return cls._load(path)
+            except _PartMissing:
+                if attempt == 2 or _identity(path) == before:
+                    raise SisaError(f"data store features file missing beside {path}; restore the workdir from a "
+                                    "backup") from None
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, path: str | Path) -> Store:
+        extra = ("arrival", "x", "x_shards", "x_generations", "x_empty")
+        a = read_arrays(path, [*_INDEX_COLUMNS, *extra], "data store", optional=extra)
         n, ids = len(a["ids"]), a["ids"]
         a.setdefault("arrival", np.zeros(n, np.int32))
-        wrong = [k for k in ("ids", "y", "shard", "slice", "group", "arrival")
-                 if a[k].shape != (n,) or a[k].dtype.kind not in "iu"]
-        if wrong or a["x"].shape[:1] != (n,) or not (ids[1:] > ids[:-1]).all():
-            raise SisaError(f"data store {path} is malformed ({', '.join(wrong) or 'x or the id order'} damaged); "
+        wrong = [k for k in _INDEX_COLUMNS if a[k].shape != (n,) or a[k].dtype.kind not in "iu"]
+        if "x" in a:  # one file, the features inside (sisa 0.1)
+            wrong += [] if a["x"].shape[:1] == (n,) else ["x"]
+        elif not all(k in a for k in ("x_shards", "x_generations", "x_empty")):
+            wrong.append("the features index")
+        if wrong or not (ids[1:] > ids[:-1]).all():
+            raise SisaError(f"data store {path} is malformed ({', '.join(wrong) or 'the id order'} damaged); "
                             "restore the workdir from a backup")
-        return cls(**a)
+        if "x" not in a:
+            a["x"] = _features(Path(path), a["shard"], a.pop("x_shards"), a.pop("x_generations"), a.pop("x_empty"))
+        return cls(**{f.name: a[f.name] for f in dataclasses.fields(cls)})
+
+
+class _PartMissing(Exception):
+    pass
+
+
+def _identity(path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _features(index: Path, shard: np.ndarray, shards: np.ndarray, generations: np.ndarray, empty: np.ndarray) -> Features:
+    """The features the index names, each file opened (mapped) and checked against the index."""
+    xdir = features_dir(index)
+    present = np.unique(shard)
+    if shards.shape != generations.shape or not np.array_equal(np.sort(shards), present):
+        raise SisaError(f"data store {index} is malformed (its features files do not match its shards); restore "
+                        "the workdir from a backup")
+    parts = {}
+    for s, g in zip(shards.tolist(), generations.tolist()):
+        part = _Part(xdir / _part_name(s, g))
+        if not part.source.exists():
+            raise _PartMissing
+        rows = part.array()
+        if rows.shape != (int((shard == s).sum()), *empty.shape[1:]) or rows.dtype != empty.dtype:
+            raise SisaError(f"data store features file {part.source} is malformed (shape {rows.shape}, dtype "
+                            f"{rows.dtype}; the index wants {int((shard == s).sum())} rows of {empty.shape[1:]}, "
+                            f"{empty.dtype}); restore the workdir from a backup")
+        parts[s] = part
+    return Features(shard, parts, empty)
+
+
+def _parts_in(xdir: Path) -> dict[tuple[int, int], str]:
+    """(shard, generation) -> name of each features file in `xdir`."""
+    out = {}
+    for p in xdir.glob("shard_*.npy"):
+        if m := _PART.fullmatch(p.name):
+            out[int(m[1]), int(m[2])] = p.name
+    return out
+
+
+def leftovers(index: str | Path) -> list[Path]:
+    """Files of interrupted or superseded store writes: temporaries beside the index and its
+    features, and features files the index does not name. An index that cannot be read names
+    nothing to remove (loading it reports the damage)."""
+    index, xdir = Path(index), features_dir(index)
+    out = sorted(index.parent.glob(".*.tmp"))
+    if not xdir.is_dir():
+        return out
+    out += sorted(xdir.glob(".*.tmp"))
+    try:
+        with np.load(index, allow_pickle=False) as f:
+            named = ({_part_name(s, g) for s, g in zip(f["x_shards"].tolist(), f["x_generations"].tolist())}
+                     if "x_shards" in f.files else set())
+    except Exception:  # missing, damaged: not this function's to judge
+        return out
+    return out + sorted(xdir / name for name in _parts_in(xdir).values() if name not in named)
 
 
 def read_arrays(path: str | Path, names: list[str], what: str, optional=()) -> dict[str, np.ndarray]:
