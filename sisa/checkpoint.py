@@ -38,20 +38,25 @@ file and leaf; the save itself goes with its last shard.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import hashlib
 import json
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from sisa.errors import SisaError
 from sisa.faults import crash_point
+from sisa.fsutil import file_identity
 
 SAVES = "saves"
+_SEEN: collections.OrderedDict = collections.OrderedDict()  # (lineage path, identity) -> ShardCheckpoints.seen
+_SEEN_LOCK, _SEEN_MAX = threading.Lock(), 4096
 _TMP = ".orbax-checkpoint-tmp"  # orbax writes a save as `<name>.orbax-checkpoint-tmp-<n>`, then renames it
 
 
@@ -424,6 +429,27 @@ class ShardCheckpoints:
         except (OSError, ValueError) as e:
             raise CheckpointCorrupted(f"lineage of shard {self.shard} stage {stage} is unreadable: {e}") from None
 
+    def seen(self, stage: int) -> tuple[np.ndarray, dict | None]:
+        """The ids a finished stage's lineage says it saw (sorted int64) and the ledger head it
+        anchors. A lineage file is written once, so the process keeps what it parsed, by the
+        file's identity: a deletion's bookkeeping reads only the lineages written since its last
+        (a file replaced or rewritten has another identity and is read afresh)."""
+        path = self.directory / self._save_of(stage) / self.lineage_file
+        key = (str(path), file_identity(path))
+        with _SEEN_LOCK:
+            hit = _SEEN.get(key)
+            if hit is not None:
+                _SEEN.move_to_end(key)
+                return hit
+        lineage = self.lineage(stage)
+        hit = (np.sort(np.asarray(lineage["ids"], np.int64)), lineage.get("ledger_head"))
+        if key[1] is not None:
+            with _SEEN_LOCK:
+                _SEEN[key] = hit
+                while len(_SEEN) > _SEEN_MAX:
+                    _SEEN.popitem(last=False)
+        return hit
+
     def delete(self, stage: int) -> None:
         """Remove the stage's record (the stage is then unfinished), then this shard's parts of
         its save, then the save if no shard is left in it. A crash on the way leaves leftovers
@@ -493,6 +519,15 @@ def _file_digests(root: Path, ckpt: ShardCheckpoints | None = None) -> dict[str,
             p = Path(top) / name
             out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     return dict(sorted(out.items()))
+
+
+def saw_any(seen_ids: np.ndarray, ids) -> np.ndarray:
+    """The ids of `ids` in `seen_ids` (sorted, from `ShardCheckpoints.seen`), sorted."""
+    ids = np.unique(np.asarray(list(ids), np.int64))
+    if not len(ids) or not len(seen_ids):
+        return ids[:0]
+    at = np.minimum(np.searchsorted(seen_ids, ids), len(seen_ids) - 1)
+    return ids[seen_ids[at] == ids]
 
 
 def _empty_save(d: Path) -> bool:

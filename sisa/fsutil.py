@@ -45,6 +45,16 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def file_identity(path) -> tuple | None:
+    """(inode, size, mtime) of the file at `path`, or None when it is not there: a replaced or
+    rewritten file has another."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def disk_usage(path: str | Path) -> int:
     """Bytes in the files under `path`. A writer may remove files and folders while this walks
     (readers take no lock): what vanishes is not counted."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
+from sisa.checkpoint import saw_any
 from sisa.data.store import leftovers as store_leftovers
 from sisa.errors import SisaError
 
@@ -139,13 +140,12 @@ def snapshot(wd, *, check_final_files: bool = False, environment: bool = True, a
             saw = frozenset()
             if ckpt.shard in touched:  # (each shard's newest lineage anchor: checked by wd.ledger())
                 try:
-                    lineage = ckpt.lineage(stage)
-                    ids = set(lineage["ids"])
+                    ids, head = ckpt.seen(stage)
                 except SisaError:  # an unreadable lineage cannot prove what it saw
-                    lineage, ids = None, None
-                if lineage is not None:
-                    ledger.check_anchor(lineage.get("ledger_head"), f"the lineage of shard {ckpt.shard} stage {stage}")
-                saw = frozenset(seq for seq in touched[ckpt.shard] if ids is None or not by_seq[seq].isdisjoint(ids))
+                    ids = None
+                else:
+                    ledger.check_anchor(head, f"the lineage of shard {ckpt.shard} stage {stage}")
+                saw = frozenset(seq for seq in touched[ckpt.shard] if ids is None or len(saw_any(ids, by_seq[seq])))
             intact = ckpt.files_intact(stage) if check_final_files and stage == last else None
             stages.append(Stage(stage, saw, intact))
         checkpoints[ckpt.shard] = tuple(stages)
@@ -223,9 +223,8 @@ def apply(wd, p: Plan, *, new_environment: dict | None = None, progress: bool = 
 def check_lineage(wd, entries) -> None:
     """No checkpoint of an affected shard may still hold an id of these requests."""
     for e in entries:
-        ids = set(e["ids"])
         for s in map(int, e["affected"]):
             for stage in wd.checkpoints[s].stages():
-                seen = ids.intersection(wd.checkpoints[s].lineage(stage)["ids"])
-                if seen:
-                    raise SisaError(f"checkpoint shard {s} stage {stage} still holds forgotten ids {sorted(seen)[:10]}")
+                seen = saw_any(wd.checkpoints[s].seen(stage)[0], e["ids"])
+                if len(seen):
+                    raise SisaError(f"checkpoint shard {s} stage {stage} still holds forgotten ids {seen[:10].tolist()}")

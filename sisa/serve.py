@@ -33,6 +33,7 @@ import numpy as np
 from sisa.aggregate import aggregate
 from sisa.data.datasets import nonfinite_rows
 from sisa.errors import SisaError
+from sisa.fsutil import file_identity
 
 TRIES, PAUSE = 50, 0.02  # reads of a changing workdir before giving up; seconds between them (times 1..2)
 
@@ -41,19 +42,11 @@ class _Changed(Exception):
     """A read failed because a writer replaced or removed what it was reading."""
 
 
-def _identity(path) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
 def version(wd, stages: bool = False) -> tuple:
     """What changes whenever a writer changes what readers read: the ledger (append-only) and
     the data store (replaced whole); with `stages`, the listings of the saves and of each shard's
     records (sisa.checkpoint: a stage is added or dropped with its record)."""
-    out = [_identity(wd.ledger_path), _identity(wd.store_path)]
+    out = [file_identity(wd.ledger_path), file_identity(wd.store_path)]
     if stages:
         for d in [wd.checkpoint_root / "saves", *sorted(wd.checkpoint_root.glob("shard_*.files"))]:
             try:
@@ -133,24 +126,24 @@ def _newest_clean(ckpt, forgotten: set, cache: dict | None = None) -> tuple | No
     """(stage, state, lineage) of the shard's newest intact stage that saw no id of `forgotten`.
     `cache` (shard -> the stage it served last, with its files' identity) holds only what serves
     now: a state that saw a forgotten id since is dropped, not kept in memory."""
-    from sisa.checkpoint import CheckpointCorrupted, CheckpointUnreadable
+    from sisa.checkpoint import CheckpointCorrupted, CheckpointUnreadable, saw_any
 
     for stage in reversed(ckpt.stages()):
         path = ckpt.stage_path(stage)  # this shard's part of the save that holds the stage
-        seen = _identity(path) if path is not None else None
+        seen = file_identity(path) if path is not None else None
         key = (stage, str(path), seen)  # a stage saved again goes to another save (path)
         hit = cache.get(ckpt.shard) if cache is not None and seen is not None else None
         if hit is not None and hit[0] == key:
             state, lineage = hit[1], hit[2]
         else:
             try:
-                if forgotten.intersection(ckpt.lineage(stage)["ids"]):
+                if len(saw_any(ckpt.seen(stage)[0], forgotten)):
                     continue  # saw a forgotten id: no need to read its state
                 state, lineage = ckpt.restore(stage)  # its lineage again, checked against the state
             except CheckpointCorrupted:  # damaged, or removed under us: an older stage may serve
                 continue
             except (CheckpointUnreadable, OSError):  # unreadable although intact: the environment, unless it moved
-                if seen is None or _identity(path) != seen:
+                if seen is None or file_identity(path) != seen:
                     raise _Changed from None
                 raise
         if not forgotten.intersection(lineage["ids"]):

@@ -169,12 +169,13 @@ class Workdir:
         must still hold it. (A lineage that cannot be read is the reconciler's business.)"""
         for ckpt in self.checkpoints:
             stages = ckpt.stages()
+            if not stages:
+                continue
             try:
-                lineage = ckpt.lineage(stages[-1]) if stages else None
+                head = ckpt.seen(stages[-1])[1]
             except SisaError:
                 continue
-            if lineage is not None:
-                ledger.check_anchor(lineage.get("ledger_head"), f"the lineage of shard {ckpt.shard} stage {stages[-1]}")
+            ledger.check_anchor(head, f"the lineage of shard {ckpt.shard} stage {stages[-1]}")
 
     def _record_ledger_head(self, anchor: dict) -> None:
         """Keep the ledger's new head in the manifest (a crash just before leaves it one behind,

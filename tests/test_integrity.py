@@ -185,3 +185,35 @@ def test_fsutil_writes_are_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         fsutil.atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
+
+
+def test_what_a_stage_saw_is_read_again_when_its_lineage_file_changes(tmp_path, tiny_cfg, tiny_ds):
+    """`ShardCheckpoints.seen` keeps parsed lineages by file identity: the same ids as the file,
+    and a rewritten file is read afresh (never a stale answer)."""
+    import json
+
+    from sisa.checkpoint import saw_any
+
+    sisa.train(tmp_path / "run", tiny_cfg, dataset=tiny_ds, progress=False)
+    wd = Workdir.open(tmp_path / "run")
+    for ckpt in wd.checkpoints:
+        for stage in ckpt.stages():
+            ids, head = ckpt.seen(stage)
+            lineage = ckpt.lineage(stage)
+            assert ids.tolist() == sorted(lineage["ids"]) and head == lineage["ledger_head"]
+            assert ckpt.seen(stage)[0] is ids  # kept
+    ckpt = wd.checkpoints[0]
+    path = ckpt.stage_path(0).parent.parent / ckpt.lineage_file  # <save>/lineage_NNNN.json
+    lineage = json.loads(path.read_text())
+    path.write_text(json.dumps({**lineage, "ids": [*lineage["ids"], 10**9]}))
+    assert saw_any(ckpt.seen(0)[0], [10**9, 7]).tolist() == [10**9]
+
+
+def test_saw_any_is_the_set_intersection():
+    from sisa.checkpoint import saw_any
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        seen = np.unique(rng.integers(0, 50, rng.integers(0, 20))).astype(np.int64)
+        ids = rng.integers(0, 60, rng.integers(0, 8)).tolist()
+        assert saw_any(seen, ids).tolist() == sorted(set(seen.tolist()) & set(ids))

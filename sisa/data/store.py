@@ -20,7 +20,6 @@ writes this layout.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 
@@ -29,8 +28,8 @@ import numpy as np
 from sisa.data import partition
 from sisa.data.datasets import Dataset
 from sisa.errors import SisaError
-from sisa.fsutil import atomic_save_npy, atomic_save_npz, fsync_dir
 from sisa.faults import crash_point
+from sisa.fsutil import atomic_save_npy, atomic_save_npz, file_identity, fsync_dir
 
 _PART = re.compile(r"shard_(\d+)\.(\d+)\.npy")
 _INDEX_COLUMNS = ("ids", "y", "shard", "slice", "group", "arrival")
@@ -108,32 +107,29 @@ class Features:
     def __len__(self) -> int:
         return len(self.shard)
 
-    def _positions(self) -> np.ndarray:
-        """[N] each row's place among its shard's rows."""
-        if "_pos" not in self.__dict__:
-            pos = np.empty(len(self.shard), np.int64)
-            for s in self.parts:
-                rows = np.flatnonzero(self.shard == s)
-                pos[rows] = np.arange(len(rows))
-            self._pos = pos
-        return self._pos
+    def _rows(self, shard: int) -> np.ndarray:
+        """The store's rows of `shard`, in order (a row's place among them is its place in the file)."""
+        cached = self.__dict__.setdefault("_shard_rows", {})
+        if shard not in cached:
+            cached[shard] = np.flatnonzero(self.shard == shard)
+        return cached[shard]
 
     def __getitem__(self, key):
         key = np.asarray(key) if isinstance(key, (list, np.ndarray)) else key
         if isinstance(key, np.ndarray) and key.dtype == bool and key.shape == self.shard.shape:
-            parts = {}
+            parts, dropped = {}, set(np.unique(self.shard[~key]).tolist())  # only their parts change
             for s, part in self.parts.items():
-                kept = part.subset(key[self.shard == s])
+                kept = part.subset(key[self._rows(s)]) if s in dropped else part
                 if kept is not None:
                     parts[s] = kept
             return Features(self.shard[key], parts, self.empty)
         if isinstance(key, np.ndarray) and key.dtype.kind in "iu":
             rows = key.reshape(-1)
             out = np.empty((len(rows), *self.shape[1:]), self.dtype)
-            shard, pos = self.shard[rows], self._positions()[rows]
+            shard = self.shard[rows]
             for s in np.unique(shard):
                 here = shard == s
-                out[here] = self.parts[int(s)].array()[pos[here]]
+                out[here] = self.parts[int(s)].array()[np.searchsorted(self._rows(int(s)), rows[here])]
             return out.reshape(*key.shape, *self.shape[1:])
         return np.asarray(self)[key]
 
@@ -204,14 +200,14 @@ class Store:
         return (len(self.ids) > 0) & (self.ids[pos] == ids)
 
     def without(self, ids) -> Store:
-        keep = ~np.isin(self.ids, np.asarray(ids, np.int64))
+        keep = np.ones(len(self.ids), bool)
+        keep[np.searchsorted(self.ids, np.asarray(ids, np.int64))[self.contains(ids)]] = False
         return Store(**{f.name: getattr(self, f.name)[keep] for f in dataclasses.fields(self)})
 
     def counts(self, shards: int, slices: int) -> np.ndarray:
         """[shards, slices] number of examples."""
-        out = np.zeros((shards, slices), np.int64)
-        np.add.at(out, (self.shard, self.slice), 1)
-        return out
+        cells = self.shard.astype(np.int64) * slices + self.slice
+        return np.bincount(cells, minlength=shards * slices).reshape(shards, slices)
 
     def capacity(self, shards: int, batch_size: int) -> int:
         """Rows per shard lane: the largest shard rounded up to whole batches, and their number up
@@ -288,11 +284,11 @@ class Store:
         """The store whose index is at `path`. A features file that vanishes while it is opened
         (a writer replaced the store meanwhile: readers take no lock) means reading it afresh."""
         for attempt in range(3):
-            before = _identity(path)
+            before = file_identity(path)
             try:
                 return cls._load(path)
             except _PartMissing:
-                if attempt == 2 or _identity(path) == before:
+                if attempt == 2 or file_identity(path) == before:
                     raise SisaError(f"data store features file missing beside {path}; restore the workdir from a "
                                     "backup") from None
         raise AssertionError("unreachable")
@@ -318,14 +314,6 @@ class Store:
 
 class _PartMissing(Exception):
     pass
-
-
-def _identity(path) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _features(index: Path, shard: np.ndarray, shards: np.ndarray, generations: np.ndarray, empty: np.ndarray) -> Features:
@@ -371,7 +359,7 @@ def leftovers(index: str | Path) -> list[Path]:
         with np.load(index, allow_pickle=False) as f:
             named = ({_part_name(s, g) for s, g in zip(f["x_shards"].tolist(), f["x_generations"].tolist())}
                      if "x_shards" in f.files else set())
-    except Exception:  # missing, damaged: not this function's to judge
+    except Exception:  # noqa: BLE001  missing, damaged: not this function's to judge
         return out
     return out + sorted(xdir / name for name in _parts_in(xdir).values() if name not in named)
 
