@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from sisa import config as config_lib
 from sisa.cluster import collective
 from sisa.config import Config
 from sisa.errors import SisaError
@@ -87,6 +89,8 @@ def _new_run(config: Config | None, dataset) -> tuple:
     from sisa.data.store import Store
 
     config = config or Config()
+    if (why := config.schedule_warning()) is not None:
+        warnings.warn(why, config_lib.ScheduleWarning, stacklevel=3)
     if dataset is None:
         dataset = datasets.load(config.data.dataset, num_classes=config.data.num_classes, data=config.data)
     elif config.data.num_classes is not None and config.data.num_classes != dataset.num_classes:

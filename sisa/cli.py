@@ -520,7 +520,8 @@ def _show_warnings(command: str, caught: list) -> None:
     """sisa's own warnings (about the user's input) as one line `sisa <cmd>: warning: ...`;
     any other warning as Python would have shown it."""
     own = tuple(getattr(sys.modules.get(m), name) for m, name in (
-        ("sisa.serve", "InputRangeWarning"), ("sisa.training.aot", "ProgramCacheWarning")) if m in sys.modules)
+        ("sisa.serve", "InputRangeWarning"), ("sisa.training.aot", "ProgramCacheWarning"),
+        ("sisa.config", "ScheduleWarning")) if m in sys.modules)
     for w in caught:  # a module not imported raised none of its warnings
         if issubclass(w.category, own):
             print(f"sisa {command}: warning: {safe(w.message)}", file=sys.stderr)

@@ -51,6 +51,10 @@ class ModelConfig:
     base: str = ""  # a frozen base model to train adapters on (sisa.models.adapters); "" = none
 
 
+class ScheduleWarning(UserWarning):
+    """A config whose epoch schedule trains far more than its budget of epochs."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
@@ -130,6 +134,22 @@ class Config:
             steps = min(max(steps - epoch * batches, 0), batches)
         whole, rest = divmod(steps, batches) if batches else (0, 0)
         return whole * n + rest * b
+
+    def passes(self) -> float:
+        """Passes over each shard that all stages make together (with equal slices): E under
+        "fractional" (up to a batch a stage), ceil(2E/(R+1)) (R+1)/2 under "budget", E (R+1)/2
+        under "uniform"."""
+        e, r = self.train.epochs, self.partition.slices
+        return e if self.train.schedule == "fractional" else self.epochs_for_stage(0) * (r + 1) / 2
+
+    def schedule_warning(self) -> str | None:
+        """Why the "budget" schedule overspends this config's budget by more than a quarter, or None."""
+        e, r = self.train.epochs, self.partition.slices
+        if self.train.schedule != "budget" or self.passes() <= 1.25 * e:
+            return None
+        return (f"train.schedule \"budget\" at R={r}, E={e} makes {self.passes():g} passes over each shard, "
+                f"{self.passes() / e:.1f}x the budget of {e} (every stage rounds up to a whole epoch); "
+                "\"fractional\" (--schedule fractional) spends the budget to the step")
 
     def keeps_checkpoint(self, stage: int, stages: int | None = None) -> bool:
         """Whether `stage` of a run of `stages` stages (default: its slices) keeps its checkpoint."""

@@ -66,3 +66,28 @@ def test_train_flag_sets_the_schedule(tmp_path, capsys):
                  "--slices", "5", "--epochs", "1", "--schedule", "fractional"]) == 0
     cfg = Workdir.open(tmp_path / "w").config
     assert cfg.train.schedule == "fractional" and len(data.ids) == len(Workdir.open(tmp_path / "w").store())
+
+
+def test_budget_overspending_its_epochs_is_named(tmp_path, capsys):
+    """At R > 2E "budget" trains about R/2 passes: a new run says so, once, and how to keep E."""
+    import warnings
+
+    from sisa.cli import main
+    from sisa.config import ScheduleWarning
+    from tests.conftest import npz_dataset
+
+    assert Config().schedule_warning() is None  # R=4, E=10: 4 epochs a stage, exactly the budget
+    assert Config().replace(partition={"slices": 10}).schedule_warning() is None  # 11 passes for 10
+    cfg = Config().replace(partition={"slices": 50}, train={"epochs": 5})
+    assert cfg.passes() == 25.5 and "5.1x the budget" in cfg.schedule_warning()
+    assert cfg.replace(train={"schedule": "fractional"}).schedule_warning() is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sisa.train(tmp_path / "w", cfg.replace(partition={"shards": 2, "slices": 20}, train={"epochs": 1}),
+                   dataset=blobs(n_train=120), progress=False)
+    assert [w.category for w in caught if issubclass(w.category, ScheduleWarning)] == [ScheduleWarning]
+    npz_dataset(tmp_path)
+    assert main(["train", "--workdir", str(tmp_path / "c"), "--dataset", str(tmp_path / "blobs.npz"), "--shards", "2",
+                 "--slices", "20", "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "sisa train: warning: train.schedule \"budget\" at R=20, E=1 makes 10.5 passes" in err
