@@ -143,9 +143,9 @@ class Config:
         return e if self.train.schedule == "fractional" else self.epochs_for_stage(0) * (r + 1) / 2
 
     def schedule_warning(self) -> str | None:
-        """Why the "budget" schedule overspends this config's budget by more than a quarter, or None."""
+        """Why the "budget" schedule overspends this config's budget by more than half, or None."""
         e, r = self.train.epochs, self.partition.slices
-        if self.train.schedule != "budget" or self.passes() <= 1.25 * e:
+        if self.train.schedule != "budget" or self.passes() <= 1.5 * e:
             return None
         return (f"train.schedule \"budget\" at R={r}, E={e} makes {self.passes():g} passes over each shard, "
                 f"{self.passes() / e:.1f}x the budget of {e} (every stage rounds up to a whole epoch); "

@@ -78,6 +78,7 @@ def test_budget_overspending_its_epochs_is_named(tmp_path, capsys):
 
     assert Config().schedule_warning() is None  # R=4, E=10: 4 epochs a stage, exactly the budget
     assert Config().replace(partition={"slices": 10}).schedule_warning() is None  # 11 passes for 10
+    assert Config().replace(partition={"slices": 3}, train={"epochs": 3}).schedule_warning() is None  # 4 for 3
     cfg = Config().replace(partition={"slices": 50}, train={"epochs": 5})
     assert cfg.passes() == 25.5 and "5.1x the budget" in cfg.schedule_warning()
     assert cfg.replace(train={"schedule": "fractional"}).schedule_warning() is None
