@@ -61,8 +61,9 @@ class TrainConfig:
     # Epochs per stage. "budget": the paper's fixed budget, spread so that all stages
     # together cost `epochs` passes over the shard, each stage rounded up to whole epochs
     # (ceil(2E/(R+1)); at R > 2E that is 1, so R stages cost about R/2 passes, not E);
-    # "fractional": the same budget to the step: each stage trains ceil(2E/(R+1) x its
-    # batches) steps, its last epoch cut short; "uniform": every stage trains `epochs` epochs.
+    # "fractional": the same budget to the step: each stage trains 2E/(R+1) epochs' worth of
+    # its examples, rounded up to whole batches, its last epoch cut short (`stage_steps`);
+    # "uniform": every stage trains `epochs` epochs.
     schedule: str = "budget"
     batch_size: int = 32
     learning_rate: float = 1e-3
