@@ -78,16 +78,6 @@ TARGET_FACTOR, TARGET_SLACK = 1.2, 0.5
 COMPILES = [0]  # XLA backend compilations so far in this process (jax.monitoring)
 
 
-def count_compiles() -> None:
-    import jax
-
-    def listen(event, duration, **_):
-        if event == "/jax/core/compile/backend_compile_duration":
-            COMPILES[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-
-
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -374,7 +364,7 @@ def main() -> None:
     os.environ.setdefault("SISA_CACHE_DIR", "off")
     import jax
 
-    count_compiles()
+    benchlib.count_compiles(COMPILES)
     root = Path(tempfile.mkdtemp(prefix="sisa-bench-forget-"))
     try:
         ds = datasets.load(args.dataset)

@@ -45,20 +45,6 @@ TRAIN_TARGET, SPEEDUP_TARGET = 1.2, 4.63
 SHARDS, SLICES = 20, 50
 
 
-def compile_counter() -> list[int]:
-    """A one-element list counting XLA compilations from now on (this process)."""
-    import jax
-
-    count = [0]
-
-    def listen(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            count[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    return count
-
-
 def train(ds, cfg, root: Path) -> dict:
     import sisa
 
@@ -101,7 +87,8 @@ def bench(args, root: Path, log) -> dict:
     configs = {"monolithic": base.replace(partition={"shards": 1, "slices": 1})}
     for schedule in args.schedules:
         configs[schedule] = base.replace(partition={"shards": SHARDS, "slices": SLICES}, train={"schedule": schedule})
-    compiles = compile_counter()
+    compiles = [0]
+    benchlib.count_compiles(compiles)
     runs: dict[str, dict] = {name: {"cold": None, "warm": []} for name in configs}
     for name, cfg in configs.items():
         runs[name]["cold"] = train(ds, cfg, root / f"{name}-cold")

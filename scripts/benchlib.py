@@ -26,6 +26,17 @@ def finish(out: dict, args, plot: Callable[[str], None] | None = None) -> bool:
     return args.json
 
 
+def count_compiles(counter: list[int]) -> None:
+    """From now on, add this process's XLA compilations (jax.monitoring) to `counter[0]`."""
+    import jax
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            counter[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+
+
 def save_figure(fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)

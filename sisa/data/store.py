@@ -139,9 +139,6 @@ class Features:
             out[self.shard == s] = part.array()
         return out if dtype is None else out.astype(dtype)
 
-    def astype(self, dtype):
-        return np.asarray(self).astype(dtype)
-
     def reshape(self, *shape):
         return np.asarray(self).reshape(*shape)
 
@@ -319,8 +316,9 @@ class _PartMissing(Exception):
 def _features(index: Path, shard: np.ndarray, shards: np.ndarray, generations: np.ndarray, empty: np.ndarray) -> Features:
     """The features the index names, each file opened (mapped) and checked against the index."""
     xdir = features_dir(index)
-    present = np.unique(shard)
-    if shards.shape != generations.shape or not np.array_equal(np.sort(shards), present):
+    negative = len(shard) and shard.min() < 0
+    counts = np.bincount(np.maximum(shard, 0))  # rows per shard: one pass over the rows, not one per shard
+    if negative or shards.shape != generations.shape or not np.array_equal(np.sort(shards), np.flatnonzero(counts)):
         raise SisaError(f"data store {index} is malformed (its features files do not match its shards); restore "
                         "the workdir from a backup")
     parts = {}
@@ -328,10 +326,10 @@ def _features(index: Path, shard: np.ndarray, shards: np.ndarray, generations: n
         part = _Part(xdir / _part_name(s, g))
         if not part.source.exists():
             raise _PartMissing
-        rows = part.array()
-        if rows.shape != (int((shard == s).sum()), *empty.shape[1:]) or rows.dtype != empty.dtype:
+        rows, want = part.array(), int(counts[s])
+        if rows.shape != (want, *empty.shape[1:]) or rows.dtype != empty.dtype:
             raise SisaError(f"data store features file {part.source} is malformed (shape {rows.shape}, dtype "
-                            f"{rows.dtype}; the index wants {int((shard == s).sum())} rows of {empty.shape[1:]}, "
+                            f"{rows.dtype}; the index wants {want} rows of {empty.shape[1:]}, "
                             f"{empty.dtype}); restore the workdir from a backup")
         parts[s] = part
     return Features(shard, parts, empty)

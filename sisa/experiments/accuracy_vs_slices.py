@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sisa.config import Config
 from sisa.experiments import accuracy
 from sisa.experiments.accuracy import Sweep
 
@@ -47,8 +48,8 @@ def render(res: dict, out: Path) -> list[str]:
              accuracy.setup_section(res), "## Results"]
     for name, per in summary.items():
         cols = [("R", accuracy.value_cell(res)),
-                ("epochs / stage", lambda v, s, e=res["datasets"][name]["recipe"]["train"]["epochs"]:
-                    str(max(1, -(-2 * e // (v + 1))))),
+                ("epochs / stage", lambda v, s, train=res["datasets"][name]["recipe"]["train"]:
+                    str(Config().replace(train=train, partition={"slices": v}).epochs_for_stage(0))),
                 ("passes / example", lambda v, s: f"{s['passes']['mean']:.2f}"),
                 ("test acc (softmax)", accuracy.acc_cell("acc_softmax")),
                 (f"Δ vs R={ref}", accuracy.delta_cell("d_softmax")),
