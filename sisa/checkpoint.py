@@ -463,6 +463,9 @@ class ShardCheckpoints:
 
     def _remove_parts(self, save: str) -> None:
         d = self.directory / save
+        with _SEEN_LOCK:  # what a removed stage saw leaves this process's memory with it
+            for key in [k for k in _SEEN if k[0] == str(d / self.lineage_file)]:
+                del _SEEN[key]
         (d / self.lineage_file).unlink(missing_ok=True)
         shutil.rmtree(d / "state" / self.name, ignore_errors=True)
         if _empty_save(d):

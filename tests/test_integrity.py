@@ -217,3 +217,20 @@ def test_saw_any_is_the_set_intersection():
         seen = np.unique(rng.integers(0, 50, rng.integers(0, 20))).astype(np.int64)
         ids = rng.integers(0, 60, rng.integers(0, 8)).tolist()
         assert saw_any(seen, ids).tolist() == sorted(set(seen.tolist()) & set(ids))
+
+
+def test_a_forget_leaves_no_parsed_lineage_of_a_removed_stage_in_memory(tmp_path, tiny_cfg, tiny_ds):
+    """The writer's lineage cache drops the stages a deletion removes: no id list of a stage
+    that saw a forgotten id stays in the process."""
+    from sisa import checkpoint
+
+    sisa.train(tmp_path / "run", tiny_cfg, dataset=tiny_ds, progress=False)
+    wd = Workdir.open(tmp_path / "run")
+    for ckpt in wd.checkpoints:
+        for stage in ckpt.stages():
+            ckpt.seen(stage)
+    victim = int(wd.store().ids[0])
+    sisa.forget(tmp_path / "run", [victim], progress=False)
+    here = str(tmp_path / "run")
+    kept = [ids for (path, _), (ids, _) in checkpoint._SEEN.items() if path.startswith(here)]
+    assert kept and not any(victim in ids for ids in kept)
