@@ -97,8 +97,10 @@ def probes(acc: collections.Counter, *, no_save: bool = False):
             setattr(owner, name, raw)
 
 
-def run(ds, shards: int, slices: int, epochs: int, root: Path, *, no_save: bool = False) -> dict:
-    cfg = sisa.Config().replace(partition={"shards": shards, "slices": slices}, train={"epochs": epochs})
+def run(ds, shards: int, slices: int, epochs: int, root: Path, *, no_save: bool = False,
+        schedule: str = "budget") -> dict:
+    cfg = sisa.Config().replace(partition={"shards": shards, "slices": slices},
+                                train={"epochs": epochs, "schedule": schedule})
     wd = Path(tempfile.mkdtemp(dir=root)) / "run"
     acc = collections.Counter()
     with probes(acc, no_save=no_save):
@@ -121,14 +123,14 @@ def bench_dataset(name: str, args, root: Path, log) -> dict:
     runs = {c: {"cold": None, "warm": [], "no_save": []} for c in configs}
     log(f"{ds.name}: {len(ds.ids)} x {ds.x.shape[1:]}, E={epochs}, configs {configs}")
     for c in configs:  # round 0: each config's first run compiles its programs
-        runs[c]["cold"] = run(ds, *c, epochs, root)
+        runs[c]["cold"] = run(ds, *c, epochs, root, schedule=args.schedule)
         log(f"  cold S={c[0]:>2} R={c[1]:>2}: {runs[c]['cold']['train_s']:.2f} s")
     rng = random.Random(0)
     for rep in range(args.repeats):
         order = [(c, False) for c in configs] + [(c, True) for c in configs if ablate]
         rng.shuffle(order)
         for c, no_save in order:
-            r = run(ds, *c, epochs, root, no_save=no_save)
+            r = run(ds, *c, epochs, root, no_save=no_save, schedule=args.schedule)
             runs[c]["no_save" if no_save else "warm"].append(r)
         log(f"  round {rep + 1}/{args.repeats} done")
 
@@ -162,11 +164,11 @@ def bench_dataset(name: str, args, root: Path, log) -> dict:
         row["meets_target"] = row["ratio_per_example_epoch"] <= TARGET
         rows.append(row)
     return {"dataset": ds.name, "examples": len(ds.ids), "input_shape": list(ds.x.shape[1:]), "epochs": epochs,
-            "repeats": args.repeats, "monolithic_warm_train_s": mono_s, "configs": rows}
+            "repeats": args.repeats, "schedule": args.schedule, "monolithic_warm_train_s": mono_s, "configs": rows}
 
 
 def table(res: dict) -> str:
-    lines = [(f"{res['dataset']}: {res['examples']} x {res['input_shape']}, E={res['epochs']} (budget schedule), "
+    lines = [(f"{res['dataset']}: {res['examples']} x {res['input_shape']}, E={res['epochs']} ({res.get('schedule', 'budget')} schedule), "
               f"warm = median of {res['repeats']}; monolithic {res['monolithic_warm_train_s']:.2f} s")]
     abl = any(r["no_save_train_s"] is not None for r in res["configs"])
     head = (f"{'S':>3}{'R':>4}{'ep/stg':>7}{'ex*ep':>10}{'cold s':>8}{'warm s':>8}{'us/ex*ep':>9}"
@@ -219,6 +221,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10, help="E for the registered sets")
     ap.add_argument("--purchase-n", type=int, default=200_000)
     ap.add_argument("--purchase-epochs", type=int, default=5, help="E for the purchase-like set")
+    ap.add_argument("--schedule", default="budget", choices=["budget", "fractional"],
+                    help="train.schedule of every config (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=None, help="warm rounds (default 3; 1 for purchase)")
     ap.add_argument("--ablate", default="mnist5k", help="datasets that also get no-save runs (comma list, or none)")
     ap.add_argument("--quick", action="store_true", help="~1 min smoke version")

@@ -33,3 +33,30 @@ def keyed_hash(ids, *keys, xp=np):
         k = xp.asarray(k).astype(xp.uint32)
         h = mix32(h ^ mix32(k * xp.uint32(_GOLDEN) + xp.uint32(1), xp), xp)
     return h
+
+
+def argsort_u32(keys):
+    """`jnp.argsort(keys, stable=True)` of a 1-d uint32 array, the same permutation, by sorts of
+    one uint32 operand each (jax.numpy).
+
+    XLA's CPU sort of a (key, index) pair costs ~6x a sort of one uint32 operand (32 vs 5.7 ms
+    for 20 lanes of 10,000 keys), and an epoch sorts its lane's keys once. So: a least-significant-
+    digit radix sort whose digits are the key's bits above the k bits that number the positions;
+    each pass sorts (digit << k | position in the previous pass's order) as one uint32, and
+    unique low bits make the sort's own stability moot. Two passes up to 2**16 keys, three up to
+    2**21; past 2**24 (over four passes) it is the pair sort itself.
+    """
+    import jax.numpy as jnp
+
+    n = keys.shape[0]
+    k = max(1, (n - 1).bit_length())  # bits for a position
+    digit = 32 - k
+    passes = -(-32 // digit)
+    if passes > 4:
+        return jnp.argsort(keys, stable=True)
+    position = jnp.arange(n, dtype=jnp.uint32)
+    low, order = jnp.uint32((1 << k) - 1), position
+    for p in range(passes):
+        d = (keys[order] >> jnp.uint32(p * digit)) & jnp.uint32((1 << digit) - 1)
+        order = order[jnp.sort((d << jnp.uint32(k)) | position) & low]
+    return order.astype(jnp.int32)

@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 from sisa.config import Config
-from sisa.hashing import keyed_hash
+from sisa.hashing import argsort_u32, keyed_hash
 from sisa import models, tasks
 from sisa.errors import SisaError
 from sisa.training import optim
@@ -201,7 +201,7 @@ class ShardTrainer:
         member = data["valid"] & (data["slice"] <= stage) & active
         n = member.sum()
         keys = keyed_hash(data["ids"], seed, shard, stage, epoch, xp=jnp)
-        order = jnp.argsort(jnp.where(member, keys, _PAD_KEY), stable=True)
+        order = argsort_u32(jnp.where(member, keys, _PAD_KEY))
         step_root = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self._root(shard, seed), _STEP), stage),
                                        epoch)
         batches = (n + b - 1) // b
