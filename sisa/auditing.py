@@ -74,6 +74,7 @@ def audit(wd, source: str | None = None) -> dict:
     name = str(Path(source).resolve()) if source is not None else wd.manifest["dataset"]["name"]
     rows = _forgotten_rows(wd, store, forgotten, name, notes, unchecked)
     if rows:
+        scan = RowScanner(rows)
         for path, shown in _files(wd, unchecked):
             try:
                 data = path.read_bytes()
@@ -82,9 +83,64 @@ def audit(wd, source: str | None = None) -> dict:
             except OSError as e:
                 unchecked.append(f"{shown} could not be read ({e.strerror or e}): not scanned")
                 continue
-            findings += [f"{shown} holds the feature bytes of forgotten id {i}" for i, row in rows.items() if row in data]
+            findings += [f"{shown} holds the feature bytes of forgotten id {i}" for i in scan.found(data)]
     return {"clean": not findings and not unchecked, "findings": findings, "unchecked": unchecked, "notes": notes,
             "source": name, "forgotten": len(forgotten), "rows_scanned_for": len(rows)}
+
+
+class RowScanner:
+    """Which of several byte strings (forgotten rows) occur anywhere in a file, in about one pass.
+
+    A search per row costs K passes over every file. Instead, for rows of L bytes, take blocks
+    of B = (L + 1) // 2 bytes at the file's offsets 0, B, 2B, ...: any occurrence of a row, at any
+    offset, holds one of those blocks whole, at some offset j of the row. So every block of every
+    row (all L - B + 1 offsets) is indexed by its hash; a file's blocks are looked up, and each hit
+    (row i, offset j at file offset p) is confirmed by comparing the file at p - j with row i.
+    Exact: nothing found this way is missed by a plain search, nor the other way round.
+
+    Rows too short for blocks to pay (L < 2 * MIN_BLOCK), rows holding a block shared by many
+    offsets (a long run of zeros, which would turn every zero region of a file into candidates)
+    and rows past MAX_ENTRIES indexed offsets are searched for one by one instead. B is at most
+    MAX_BLOCK (any B <= (L + 1) // 2 will do).
+    """
+
+    MIN_BLOCK, MAX_BLOCK, MAX_POSTINGS, MAX_ENTRIES = 64, 1024, 8, 4_000_000
+
+    def __init__(self, rows: dict[int, bytes]):
+        self.rows = rows
+        self.searched: list[int] = []  # ids searched for one by one
+        self.blocks: dict[int, dict[int, list[tuple[int, int]]]] = {}  # B -> hash(block) -> [(id, offset)]
+        by_length: dict[int, list[int]] = {}
+        for i, row in rows.items():
+            by_length.setdefault(len(row), []).append(i)
+        entries = 0
+        for length, ids in by_length.items():
+            b = min((length + 1) // 2, self.MAX_BLOCK)
+            fit = max(0, (self.MAX_ENTRIES - entries) // (length - b + 1))  # the index's memory stays bounded
+            if b < self.MIN_BLOCK or not fit:
+                self.searched += ids
+                continue
+            self.searched += ids[fit:]
+            ids, entries = ids[:fit], entries + fit * (length - b + 1)
+            index: dict[int, list[tuple[int, int]]] = {}
+            for i in ids:
+                row = rows[i]
+                for j in range(length - b + 1):
+                    index.setdefault(hash(row[j : j + b]), []).append((i, j))
+            crowded = {i for postings in index.values() if len(postings) > self.MAX_POSTINGS for i, _ in postings}
+            self.searched += sorted(crowded)
+            self.blocks[b] = {h: [(i, j) for i, j in postings if i not in crowded] for h, postings in index.items()}
+
+    def found(self, data: bytes) -> list[int]:
+        """The ids whose row occurs in `data`, sorted."""
+        hits = {i for i in self.searched if self.rows[i] in data}
+        for b, index in self.blocks.items():
+            for p in range(0, len(data) - b + 1, b):
+                for i, j in index.get(hash(data[p : p + b]), ()):
+                    row = self.rows[i]
+                    if i not in hits and p >= j and data[p - j : p - j + len(row)] == row:
+                        hits.add(i)
+        return sorted(hits)
 
 
 def _files(wd, unchecked: list[str]):

@@ -294,7 +294,7 @@ def _by_class(name: str, x: np.ndarray, y: np.ndarray, scale: float) -> Dataset:
         rows = y == c
         pos[rows] = np.arange(rows.sum())
     test = pos % 5 == 4
-    x = np.rint(x).astype(np.uint8)
+    x = x if x.dtype == np.uint8 else np.rint(x).astype(np.uint8)
     return _assemble(name, x[~test], y[~test], x_test=x[test], y_test=y[test], scale=scale)
 
 
