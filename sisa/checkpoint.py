@@ -49,6 +49,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from sisa.errors import SisaError
 from sisa.faults import crash_point
@@ -307,12 +308,6 @@ class ShardCheckpoints:
     def _digests(self, save: str) -> dict[str, str]:
         return _file_digests(self.directory / save, self)
 
-    def _owns(self, path: str) -> bool:
-        """Whether the file at `path` in a save is part of this shard's checkpoint (`_mine` of
-        every step of the path)."""
-        *folders, name = path.split("/")
-        return all(self._mine("/".join(folders[:i]) or ".", part) for i, part in enumerate([*folders, name]))
-
     def _mine(self, folder: str, name: str) -> bool:
         """Whether `name` in `folder` (a path in a save) is part of this shard's checkpoint: not
         another shard's lineage file or leaf folder."""
@@ -364,16 +359,19 @@ class ShardCheckpoints:
         import orbax.checkpoint as ocp
 
         _checkpointer().save(directory / name, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state_item)))
-        for file, lineage in lineages.items():
-            (directory / name / file).write_text(json.dumps(lineage))
+        for file, lineage in lineages.items():  # orjson: ids straight from numpy, ~10x json's speed
+            (directory / name / file).write_bytes(orjson.dumps(lineage, option=orjson.OPT_SERIALIZE_NUMPY))
         crash_point("after-save-started")  # written, not yet synced nor recorded
         # The records, written beside their place; made durable with the save's files, then
         # renamed into place (each shard's stage is finished there), then their folders synced.
         tmps, every = [], _file_digests(directory / name)  # each file read once, shared ones too
+        owned: dict[str | None, dict[str, str]] = {}
+        for path, d in every.items():
+            owned.setdefault(_owner(path), {})[path] = d
         for ckpt, _, _ in items:
             ckpt.records.mkdir(exist_ok=True)
             tmp = ckpt.records / f".{stage}.json.tmp"
-            files = {path: d for path, d in every.items() if ckpt._owns(path)}
+            files = dict(sorted({**owned.get(None, {}), **owned.get(ckpt.name, {})}.items()))
             tmp.write_text(json.dumps({"save": name, "files": files}, indent=1, sort_keys=True) + "\n")
             tmps.append(tmp)
         _durable(_tree(directory / name) + tmps)
@@ -415,7 +413,7 @@ class ShardCheckpoints:
             self.directory / save,
             args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
                 item=target, restore_args={self.name: ocp.RestoreArgs(restore_type=np.ndarray)}, partial_restore=True)))
-        lineage = json.loads((self.directory / save / self.lineage_file).read_text())
+        lineage = orjson.loads((self.directory / save / self.lineage_file).read_bytes())
         return state_from_bytes(out["state"][self.name], abstract), lineage
 
     def lineage(self, stage: int) -> dict:
@@ -425,8 +423,8 @@ class ShardCheckpoints:
         save = self._save_of(stage)
         path = self.directory / save / self.lineage_file
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as e:
+            return orjson.loads(path.read_bytes())
+        except (OSError, ValueError) as e:  # orjson.JSONDecodeError is a ValueError
             raise CheckpointCorrupted(f"lineage of shard {self.shard} stage {stage} is unreadable: {e}") from None
 
     def seen(self, stage: int) -> tuple[np.ndarray, dict | None]:
@@ -522,6 +520,17 @@ def _file_digests(root: Path, ckpt: ShardCheckpoints | None = None) -> dict[str,
             p = Path(top) / name
             out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     return dict(sorted(out.items()))
+
+
+def _owner(path: str) -> str | None:
+    """Whose part of a save the file at `path` is: a shard's name (`shard_NNNN`: its leaf folder
+    and lineage file), or None for the save's shared files (`ShardCheckpoints._mine` per path)."""
+    top, _, rest = path.partition("/")
+    if not rest and top.startswith("lineage_"):
+        return f"shard_{top[len('lineage_'):].removesuffix('.json')}"
+    if top == "state" and rest.startswith("shard_"):
+        return rest.split("/", 1)[0]
+    return None
 
 
 def saw_any(seen_ids: np.ndarray, ids) -> np.ndarray:

@@ -263,11 +263,11 @@ class Workdir:
     def lineage(self, shard: int, stage: int, store: Store) -> dict:
         from sisa.checkpoint import lineage_digest
 
-        ids = store.ids[(store.shard == shard) & (store.slice <= stage)]
+        ids = store.shard_ids(shard, stage)
         return {
             "shard": shard,
             "stage": stage,
-            "ids": ids.tolist(),
+            "ids": ids,  # numpy: written as a JSON list (sisa.checkpoint)
             "ids_digest": lineage_digest(ids),
             "config_digest": self.manifest["config_digest"],
             "ledger_head": self.manifest["ledger_head"],  # the ledger must hold it for good (cut detection)

@@ -20,6 +20,7 @@ writes this layout.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 
@@ -200,6 +201,17 @@ class Store:
         keep = np.ones(len(self.ids), bool)
         keep[np.searchsorted(self.ids, np.asarray(ids, np.int64))[self.contains(ids)]] = False
         return Store(**{f.name: getattr(self, f.name)[keep] for f in dataclasses.fields(self)})
+
+    @functools.cached_property
+    def _shard_rows(self) -> list[np.ndarray]:
+        """Each shard's rows (store order), grouped by one stable sort of the shard column."""
+        order = np.argsort(self.shard, kind="stable")
+        return np.split(order, np.searchsorted(self.shard[order], np.arange(1, int(self.shard.max(initial=0)) + 1)))
+
+    def shard_ids(self, shard: int, last_slice: int) -> np.ndarray:
+        """Ids of `shard`'s slices 0..`last_slice` (sorted): what its checkpoint of that stage saw."""
+        rows = self._shard_rows[shard] if shard < len(self._shard_rows) else np.zeros(0, np.int64)
+        return self.ids[rows[self.slice[rows] <= last_slice]]
 
     def counts(self, shards: int, slices: int) -> np.ndarray:
         """[shards, slices] number of examples."""

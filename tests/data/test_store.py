@@ -117,3 +117,17 @@ def test_a_damaged_features_file_is_refused_by_name(tmp_path, damage):
         np.save(part, np.zeros((1, 5), np.float32))
     with pytest.raises(SisaError, match="features file"):
         Store.load(index)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shard_ids_are_each_stages_lineage_ids(seed):
+    """`shard_ids(s, r)`: the ids of shard s's slices 0..r, sorted; also for a shard with no
+    rows, past the last shard, on an empty store and after a deletion."""
+    rng = np.random.default_rng(seed)
+    store = random_store(rng, int(rng.integers(0, 300)), shards=int(rng.integers(1, 6)))
+    for st in (store, store.without(rng.choice(store.ids, min(len(store), 7), replace=False) if len(store) else [])):
+        for s in range(8):
+            for r in range(4):
+                want = st.ids[(st.shard == s) & (st.slice <= r)]
+                got = st.shard_ids(s, r)
+                assert np.array_equal(got, want) and np.all(np.diff(got) > 0)
