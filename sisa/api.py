@@ -197,7 +197,7 @@ def _status(wd: Workdir) -> dict:
 
 
 def demo(workdir=None, *, progress: bool = True, text: bool = False) -> dict:
-    from sisa.demo import run, run_text
+    from sisa.demos import run, run_text
 
     return (run_text if text else run)(workdir, progress=progress)
 
