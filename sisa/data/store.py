@@ -276,6 +276,8 @@ class Store:
         arrays = {name: getattr(self, name) for name in _INDEX_COLUMNS}
         if not self.arrivals:
             del arrays["arrival"]  # a run nothing was added to keeps the file as before
+        if not self.group.any():
+            del arrays["group"]  # no group column (all 0): 8 bytes a row less to rewrite at every forget
         shards = sorted(files)
         arrays |= {"x_shards": np.asarray(shards, np.int64),
                    "x_generations": np.asarray([int(_PART.fullmatch(files[s].name)[2]) for s in shards], np.int64),
@@ -304,10 +306,11 @@ class Store:
 
     @classmethod
     def _load(cls, path: str | Path) -> Store:
-        extra = ("arrival", "x", "x_shards", "x_generations", "x_empty")
+        extra = ("arrival", "group", "x", "x_shards", "x_generations", "x_empty")
         a = read_arrays(path, [*_INDEX_COLUMNS, *extra], "data store", optional=extra)
         n, ids = len(a["ids"]), a["ids"]
         a.setdefault("arrival", np.zeros(n, np.int32))
+        a.setdefault("group", np.zeros(n, np.int64))
         wrong = [k for k in _INDEX_COLUMNS if a[k].shape != (n,) or a[k].dtype.kind not in "iu"]
         if "x" in a:  # one file, the features inside (sisa 0.1)
             wrong += [] if a["x"].shape[:1] == (n,) else ["x"]
