@@ -309,11 +309,9 @@ class ShardCheckpoints:
         return _file_digests(self.directory / save, self)
 
     def _mine(self, folder: str, name: str) -> bool:
-        """Whether `name` in `folder` (a path in a save) is part of this shard's checkpoint: not
-        another shard's lineage file or leaf folder."""
-        if folder == ".":
-            return not name.startswith("lineage_") or name == self.lineage_file
-        return folder != "state" or not name.startswith("shard_") or name == self.name
+        """Whether `name` in `folder` (a path in a save) is part of this shard's checkpoint: its
+        own or the save's shared files, not another shard's (`_owner`)."""
+        return _owner(name if folder == "." else f"{folder}/{name}") in (None, self.name)
 
     def files_intact(self, stage: int) -> bool:
         """Whether every file of `stage` still matches the digest recorded when it was saved."""
@@ -523,8 +521,8 @@ def _file_digests(root: Path, ckpt: ShardCheckpoints | None = None) -> dict[str,
 
 
 def _owner(path: str) -> str | None:
-    """Whose part of a save the file at `path` is: a shard's name (`shard_NNNN`: its leaf folder
-    and lineage file), or None for the save's shared files (`ShardCheckpoints._mine` per path)."""
+    """Whose part of a save the file or folder at `path` is: a shard's name (`shard_NNNN`: its
+    leaf folder and lineage file), or None for the save's shared files and folders."""
     top, _, rest = path.partition("/")
     if not rest and top.startswith("lineage_"):
         return f"shard_{top[len('lineage_'):].removesuffix('.json')}"

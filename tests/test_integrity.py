@@ -110,15 +110,15 @@ def test_stale_lock_of_a_dead_process_does_not_block(run):
 
 def test_disk_failure_mid_forget_is_recorded_and_finished_by_the_next_command(run, monkeypatch, tiny_cfg, tiny_ds, tmp_path):
     ids = _ids(run, 2, 1)
-    real = fsutil.atomic_write_bytes
+    real = fsutil.atomic_write
 
-    def full_disk(path, data):
+    def full_disk(path, write, **_):  # every durable write of bytes, npz and npy goes through it
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(fsutil, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(fsutil, "atomic_write", full_disk)
     with pytest.raises(SisaError, match="No space left on device.*recorded in the ledger"):
         sisa.forget(run, ids, progress=False)
-    monkeypatch.setattr(fsutil, "atomic_write_bytes", real)
+    monkeypatch.setattr(fsutil, "atomic_write", real)
     assert sisa.ledger(run)["entries"][0]["state"] == "requested"
     # Not yet purged or retrained: shard 2 saw the ids, so it must not be served meanwhile.
     from sisa import serve

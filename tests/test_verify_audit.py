@@ -195,10 +195,10 @@ def test_verify_refuses_while_a_request_is_pending_and_leaves_no_scratch(before_
     restore_store(before_and_after[1], after)
     store = Workdir.open(after).store()
 
-    def full_disk(path, data):
+    def full_disk(path, write, **_):  # every durable write of bytes, npz and npy goes through it
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(fsutil, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(fsutil, "atomic_write", full_disk)
     with pytest.raises(SisaError, match="recorded in the ledger"):
         sisa.forget(after, store.ids[store.shard == 0][:1].tolist(), progress=False)
     monkeypatch.undo()
