@@ -179,6 +179,7 @@ def stack(states: list) -> dict:
 
 
 def unstack(states, lanes: int) -> list:
-    """Per-lane host copies. Copies, not views: the device buffers are donated to the next epoch."""
-    host = jax.device_get(states)
-    return [jax.tree.map(lambda a: np.array(a[i]), host) for i in range(lanes)]
+    """Per-lane host states: views into one host copy of each leaf (a copy: the device buffers
+    are donated to the next epoch; one per leaf, not one per lane and leaf)."""
+    host = jax.tree.map(np.array, jax.device_get(states))
+    return [jax.tree.map(lambda a: a[i], host) for i in range(lanes)]
