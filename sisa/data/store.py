@@ -20,7 +20,6 @@ writes this layout.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from pathlib import Path
 
@@ -110,10 +109,7 @@ class Features:
 
     def _rows(self, shard: int) -> np.ndarray:
         """The store's rows of `shard`, in order (a row's place among them is its place in the file)."""
-        cached = self.__dict__.setdefault("_shard_rows", {})
-        if shard not in cached:
-            cached[shard] = np.flatnonzero(self.shard == shard)
-        return cached[shard]
+        return shard_rows(self, shard)
 
     def __getitem__(self, key):
         key = np.asarray(key) if isinstance(key, (list, np.ndarray)) else key
@@ -198,25 +194,25 @@ class Store:
         return (len(self.ids) > 0) & (self.ids[pos] == ids)
 
     def without(self, ids) -> Store:
+        gone = np.searchsorted(self.ids, np.asarray(ids, np.int64))[self.contains(ids)]
         keep = np.ones(len(self.ids), bool)
-        keep[np.searchsorted(self.ids, np.asarray(ids, np.int64))[self.contains(ids)]] = False
-        return Store(**{f.name: getattr(self, f.name)[keep] for f in dataclasses.fields(self)})
-
-    @functools.cached_property
-    def _shard_rows(self) -> list[np.ndarray]:
-        """Each shard's rows (store order), grouped by one stable sort of the shard column."""
-        order = np.argsort(self.shard, kind="stable")
-        return np.split(order, np.searchsorted(self.shard[order], np.arange(1, int(self.shard.max(initial=0)) + 1)))
+        keep[gone] = False  # the features take the mask (they subset per shard, reading nothing)
+        return Store(**{f.name: self.x[keep] if f.name == "x" else np.delete(getattr(self, f.name), gone)
+                        for f in dataclasses.fields(self)})
 
     def shard_ids(self, shard: int, last_slice: int) -> np.ndarray:
         """Ids of `shard`'s slices 0..`last_slice` (sorted): what its checkpoint of that stage saw."""
-        rows = self._shard_rows[shard] if shard < len(self._shard_rows) else np.zeros(0, np.int64)
+        rows = shard_rows(self, shard)
         return self.ids[rows[self.slice[rows] <= last_slice]]
 
     def counts(self, shards: int, slices: int) -> np.ndarray:
-        """[shards, slices] number of examples."""
-        cells = self.shard.astype(np.int64) * slices + self.slice
-        return np.bincount(cells, minlength=shards * slices).reshape(shards, slices)
+        """[shards, slices] number of examples (kept per store: a forget asks several times)."""
+        cached = self.__dict__.setdefault("_counts", {})
+        if (shards, slices) not in cached:
+            cells = self.shard.astype(np.int64) * slices + self.slice
+            cached[shards, slices] = np.bincount(cells, minlength=shards * slices).reshape(shards, slices)
+            cached[shards, slices].flags.writeable = False
+        return cached[shards, slices]
 
     def capacity(self, shards: int, batch_size: int) -> int:
         """Rows per shard lane: the largest shard rounded up to whole batches, and their number up
@@ -232,7 +228,7 @@ class Store:
         """Row indices per shard, sorted by id, padded with -1 to `capacity`: [len(shards), capacity]."""
         out = np.full((len(shards), capacity), -1, np.int64)
         for lane, s in enumerate(shards):
-            rows = np.flatnonzero(self.shard == s)
+            rows = shard_rows(self, s)
             out[lane, : len(rows)] = rows
         return out
 
@@ -322,6 +318,17 @@ class Store:
         if "x" not in a:
             a["x"] = _features(Path(path), a["shard"], a.pop("x_shards"), a.pop("x_generations"), a.pop("x_empty"))
         return cls(**{f.name: a[f.name] for f in dataclasses.fields(cls)})
+
+
+def shard_rows(owner: Store | Features, shard: int) -> np.ndarray:
+    """The rows of `owner.shard` that are `shard`'s, in order; kept on `owner` (a store and its
+    features never change: a forget makes new ones). One pass over the rows per shard asked
+    for: a forget asks for one or a few, and sorting the column costs ~70 of them."""
+    cached = owner.__dict__.setdefault("_shard_rows", {})
+    if shard not in cached:
+        cached[shard] = np.flatnonzero(owner.shard == shard)
+        cached[shard].flags.writeable = False
+    return cached[shard]
 
 
 class _PartMissing(Exception):
