@@ -33,6 +33,18 @@ from sisa.fsutil import atomic_save_npy, atomic_save_npz, file_identity, fsync_d
 
 _PART = re.compile(r"shard_(\d+)\.(\d+)\.npy")
 _INDEX_COLUMNS = ("ids", "y", "shard", "slice", "group", "arrival")
+_IN_MEMORY = {"ids": np.int64, "y": np.int32, "shard": np.int32, "slice": np.int32, "group": np.int64,
+              "arrival": np.int32}  # each index column's dtype once loaded, whatever it was stored as
+
+
+def _compact(column: np.ndarray) -> np.ndarray:
+    """`column` in the smallest signed integer type that holds its values: every forget rewrites
+    the index, and at 2M rows int8 labels, shards and slices and int32 ids are 14 bytes a row, not 40."""
+    low, high = (int(column.min()), int(column.max())) if len(column) else (0, 0)
+    for dtype in (np.int8, np.int16, np.int32):
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            return column.astype(dtype)
+    return column
 
 
 def features_dir(index: str | Path) -> Path:
@@ -269,7 +281,7 @@ class Store:
         if wrote:
             fsync_dir(xdir)
         crash_point("after-features")  # new features files written, the index not yet replaced
-        arrays = {name: getattr(self, name) for name in _INDEX_COLUMNS}
+        arrays = {name: _compact(getattr(self, name)) for name in _INDEX_COLUMNS}
         if not self.arrivals:
             del arrays["arrival"]  # a run nothing was added to keeps the file as before
         if not self.group.any():
@@ -312,6 +324,8 @@ class Store:
             wrong += [] if a["x"].shape[:1] == (n,) else ["x"]
         elif not all(k in a for k in ("x_shards", "x_generations", "x_empty")):
             wrong.append("the features index")
+        a |= {k: a[k].astype(_IN_MEMORY[k], copy=False) for k in _INDEX_COLUMNS if k not in wrong}  # widened back
+        ids = a["ids"]
         if wrong or not (ids[1:] > ids[:-1]).all():
             raise SisaError(f"data store {path} is malformed ({', '.join(wrong) or 'the id order'} damaged); "
                             "restore the workdir from a backup")

@@ -131,3 +131,22 @@ def test_shard_ids_are_each_stages_lineage_ids(seed):
                 want = st.ids[(st.shard == s) & (st.slice <= r)]
                 got = st.shard_ids(s, r)
                 assert np.array_equal(got, want) and np.all(np.diff(got) > 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_index_columns_are_stored_compact_and_load_in_their_types(tmp_path, seed):
+    """Labels, shards and slices stored in the smallest integer type that holds them (ids too),
+    read back as int32 / int64, equal; a column whose values need a wider type keeps it."""
+    rng = np.random.default_rng(seed)
+    store = random_store(rng, 500, shards=7)
+    if seed % 2:
+        store = dataclasses.replace(store, ids=store.ids + 2**40, y=store.y + 40_000)  # int64 ids, int32 labels
+    saved = store.save(tmp_path / "train.npz")
+    with np.load(tmp_path / "train.npz") as z:
+        stored = {k: z[k].dtype for k in ("ids", "y", "shard", "slice")}
+    assert stored["shard"] == stored["slice"] == np.int8
+    assert stored["ids"] == (np.int64 if seed % 2 else np.int16) and stored["y"] == (np.int32 if seed % 2 else np.int8)
+    loaded = Store.load(tmp_path / "train.npz")
+    assert same(loaded, store) and same(saved, store)
+    assert (loaded.ids.dtype, loaded.y.dtype, loaded.shard.dtype, loaded.slice.dtype, loaded.group.dtype) == (
+        np.int64, np.int32, np.int32, np.int32, np.int64)
