@@ -1,7 +1,9 @@
 """The run's data store: the only copy of the training data a run keeps.
 
     W/data/train.npz             the index: every example's id (sorted), label, shard, slice,
-                                 group and arrival, and the features file of each shard
+                                 group and arrival (each in the smallest integer type that holds
+                                 it; group and arrival left out while all 0), and the features
+                                 file of each shard
     W/data/x/shard_NNNN.G.npy    one shard's features, its rows in id order (G: its generation)
 
 Uncompressed, so the bytes on disk are the bytes of the data (`audit` scans for them).
