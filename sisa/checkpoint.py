@@ -369,7 +369,7 @@ class ShardCheckpoints:
         for ckpt, _, _ in items:
             ckpt.records.mkdir(exist_ok=True)
             tmp = ckpt.records / f".{stage}.json.tmp"
-            files = dict(sorted({**owned.get(None, {}), **owned.get(ckpt.name, {})}.items()))
+            files = {**owned.get(None, {}), **owned.get(ckpt.name, {})}  # sorted by json.dumps
             tmp.write_text(json.dumps({"save": name, "files": files}, indent=1, sort_keys=True) + "\n")
             tmps.append(tmp)
         _durable(_tree(directory / name) + tmps)

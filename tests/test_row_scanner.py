@@ -11,7 +11,7 @@ from sisa.auditing import RowScanner
        k=st.integers(1, 12), zeros=st.floats(0, 0.95), planted=st.integers(0, 6), size=st.integers(0, 40_000))
 def test_finds_what_a_search_per_row_finds(seed, length, k, zeros, planted, size):
     """Rows with runs of zeros (crowded blocks), rows sharing bytes, files holding some rows at
-    any offset, whole or cut at the file's end, next to zero regions: same answer as `in`."""
+    any offset, whole or only a prefix of one, among zero bytes: same answer as `in`."""
     rng = np.random.default_rng(seed)
 
     def noise(n):

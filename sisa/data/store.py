@@ -121,16 +121,12 @@ class Features:
     def __len__(self) -> int:
         return len(self.shard)
 
-    def _rows(self, shard: int) -> np.ndarray:
-        """The store's rows of `shard`, in order (a row's place among them is its place in the file)."""
-        return shard_rows(self, shard)
-
     def __getitem__(self, key):
         key = np.asarray(key) if isinstance(key, (list, np.ndarray)) else key
         if isinstance(key, np.ndarray) and key.dtype == bool and key.shape == self.shard.shape:
             parts, dropped = {}, set(np.unique(self.shard[~key]).tolist())  # only their parts change
             for s, part in self.parts.items():
-                kept = part.subset(key[self._rows(s)]) if s in dropped else part
+                kept = part.subset(key[shard_rows(self, s)]) if s in dropped else part
                 if kept is not None:
                     parts[s] = kept
             return Features(self.shard[key], parts, self.empty)
@@ -140,14 +136,14 @@ class Features:
             shard = self.shard[rows]
             for s in np.unique(shard):
                 here = shard == s
-                out[here] = self.parts[int(s)].array()[np.searchsorted(self._rows(int(s)), rows[here])]
+                out[here] = self.parts[int(s)].array()[np.searchsorted(shard_rows(self, int(s)), rows[here])]
             return out.reshape(*key.shape, *self.shape[1:])
         return np.asarray(self)[key]
 
     def __array__(self, dtype=None, copy=None):
         out = np.empty(self.shape, self.dtype)
         for s, part in self.parts.items():
-            out[self.shard == s] = part.array()
+            out[shard_rows(self, s)] = part.array()
         return out if dtype is None else out.astype(dtype)
 
     def reshape(self, *shape):
@@ -337,7 +333,8 @@ class Store:
 
 
 def shard_rows(owner: Store | Features, shard: int) -> np.ndarray:
-    """The rows of `owner.shard` that are `shard`'s, in order; kept on `owner` (a store and its
+    """The rows of `owner.shard` that are `shard`'s, in order (for features: a row's place among
+    them is its place in the shard's file); kept on `owner` (a store and its
     features never change: a forget makes new ones). One pass over the rows per shard asked
     for: a forget asks for one or a few, and sorting the column costs ~70 of them."""
     cached = owner.__dict__.setdefault("_shard_rows", {})
